@@ -1,0 +1,168 @@
+"""The one object through which memonlined reads and writes the system.
+
+A Backend is rooted at a directory: "/" for the live machine, or a tree with
+the same relative paths (recorded by `memonlined capture`, or built by the
+tests' fake kernel). Paths given to it are relative ("sys/...", "proc/...").
+"""
+
+import errno
+import os
+from typing import Iterator, List, Optional
+
+MEMORY = "sys/devices/system/memory"
+PARAMETERS = "sys/module/memory_hotplug/parameters"
+BOOT_PARAMS = "sys/kernel/boot_params/data"
+FIRMWARE_MEMMAP = "sys/firmware/memmap"
+ZONEINFO = "proc/zoneinfo"
+IOMEM = "proc/iomem"
+OSRELEASE = "proc/sys/kernel/osrelease"
+KMSG = "dev/kmsg"
+
+# The files of a block directory memonlined reads, and the links it follows.
+BLOCK_FILES = ("state", "online", "valid_zones", "phys_index", "phys_device", "removable")
+
+
+def block_dir(index: int) -> str:
+    return f"{MEMORY}/memory{index}"
+
+
+class Backend:
+    def __init__(self, root: str = "/"):
+        self.root = os.path.abspath(root)
+
+    def path(self, rel: str) -> str:
+        return os.path.join(self.root, rel)
+
+    def read(self, rel: str) -> str:
+        with open(self.path(rel), encoding="ascii", errors="replace") as f:
+            return f.read()
+
+    def read_bytes(self, rel: str) -> bytes:
+        with open(self.path(rel), "rb") as f:
+            return f.read()
+
+    def readlink(self, rel: str) -> Optional[str]:
+        """The target of a symlink, or None where there is none."""
+        try:
+            return os.readlink(self.path(rel))
+        except OSError:
+            return None
+
+    def listdir(self, rel: str) -> List[str]:
+        try:
+            return os.listdir(self.path(rel))
+        except FileNotFoundError:
+            return []
+
+    def exists(self, rel: str) -> bool:
+        return os.path.lexists(self.path(rel))
+
+    def block_indexes(self) -> List[int]:
+        """The indexes of all memory block directories, ascending."""
+        out = []
+        for name in self.listdir(MEMORY):
+            if name.startswith("memory") and name[6:].isdigit():
+                out.append(int(name[6:]))
+        return sorted(out)
+
+    def block_node(self, index: int) -> Optional[int]:
+        """The node of a block, from its nodeK link (absent for a moment after add)."""
+        for name in self.listdir(block_dir(index)):
+            if name.startswith("node") and name[4:].isdigit():
+                return int(name[4:])
+        return None
+
+    def kernel_log(self) -> List[str]:
+        """The kernel log's records. /dev/kmsg is read record by record until
+        EAGAIN; in a captured tree it is a plain file, one record a line."""
+        path = self.path(KMSG)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError:
+            return []
+        records = []
+        try:
+            if not os.path.isfile(path):
+                while True:
+                    try:
+                        chunk = os.read(fd, 8192)
+                    except BlockingIOError:
+                        break
+                    except BrokenPipeError:  # a record was overwritten: go on
+                        continue
+                    if not chunk:
+                        break
+                    records.append(chunk.decode("utf-8", "replace").rstrip("\n"))
+            else:
+                with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as f:
+                    records = f.read().splitlines()
+        finally:
+            os.close(fd)
+        return records
+
+    def write_block_state(self, index: int, value: str) -> None:
+        """Write VALUE to a block's state file. Raises OSError as the kernel does.
+
+        The path is built from an integer, never from text read off the
+        system, and the file must already exist: nothing is ever created and
+        a symlink is never followed, so a write cannot land anywhere else.
+        """
+        fd = os.open(self.path(f"{block_dir(int(index))}/state"), os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            data = value.encode()
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.EIO, "short write")
+        finally:
+            os.close(fd)
+
+
+def capture_paths(backend: Backend) -> Iterator[str]:
+    """Every file and link memonlined reads, as relative paths."""
+    yield f"{MEMORY}/block_size_bytes"
+    yield f"{MEMORY}/auto_online_blocks"
+    for index in backend.block_indexes():
+        d = block_dir(index)
+        for name in backend.listdir(d):
+            if name in BLOCK_FILES or name == "firmware_node" or (name.startswith("node") and name[4:].isdigit()):
+                yield f"{d}/{name}"
+    for name in backend.listdir(PARAMETERS):
+        yield f"{PARAMETERS}/{name}"
+    yield BOOT_PARAMS
+    for entry in backend.listdir(FIRMWARE_MEMMAP):
+        for name in ("start", "end", "type"):
+            yield f"{FIRMWARE_MEMMAP}/{entry}/{name}"
+    yield ZONEINFO
+    yield IOMEM
+    yield OSRELEASE
+
+
+def capture(backend: Backend, out: str) -> int:
+    """Record what memonlined reads into OUT at the same relative paths.
+
+    Links are kept as the relative links they are; the kernel log is kept as
+    a plain file holding only the virtio_mem records. Returns the file count.
+    """
+    count = 0
+    for rel in capture_paths(backend):
+        src = backend.path(rel)
+        dst = os.path.join(out, rel)
+        if not os.path.lexists(src):
+            continue
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.islink(src):
+            if os.path.lexists(dst):
+                os.unlink(dst)
+            os.symlink(os.readlink(src), dst)
+        else:
+            try:
+                data = backend.read_bytes(rel)
+            except OSError:
+                continue  # unreadable (e.g. a write-only parameter): not needed
+            with open(dst, "wb") as f:
+                f.write(data)
+        count += 1
+    records = [r for r in backend.kernel_log() if "virtio_mem" in r]
+    os.makedirs(os.path.join(out, "dev"), exist_ok=True)
+    with open(os.path.join(out, KMSG), "w", encoding="utf-8") as f:
+        f.writelines(r + "\n" for r in records)
+    return count + 1

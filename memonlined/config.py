@@ -1,0 +1,143 @@
+"""The configuration: an INI file (etc/memonlined.conf documents every key)
+whose keys can each be overridden on the command line.
+
+Errors are ConfigError with one line naming the file, the key and what was expected.
+"""
+
+import configparser
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+from .model import DAX, DIMM, VIRTIO_MEM
+from .policy import OTHER, ZONE_POLICIES, Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PATH = "/etc/memonlined/memonlined.conf"
+OVERRIDE_KINDS = (DIMM, VIRTIO_MEM, DAX, OTHER)
+
+
+class ConfigError(Exception):
+    pass
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError("expected " + " | ".join(choices))
+        return text
+    return parse
+
+
+def _int_range(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise ValueError(f"expected a whole number from {low} to {high}")
+        return value
+    return parse
+
+
+def _bool(text: str) -> bool:
+    value = configparser.ConfigParser.BOOLEAN_STATES.get(text.lower())
+    if value is None:
+        raise ValueError("expected yes or no")
+    return value
+
+
+@dataclass
+class Key:
+    section: str
+    parse: Callable[[str], object]
+    metavar: str
+    help: str
+
+
+# Every key of the file; each is also a command-line option (--numa-aware for numa_aware).
+KEYS: Dict[str, Key] = {
+    "policy": Key("policy", _choice(*ZONE_POLICIES), "|".join(ZONE_POLICIES),
+                  "how to pick the zone: the kernel's ratio policy, or all Movable, or all kernel"),
+    "ratio": Key("policy", _int_range(0, 100000), "PERCENT",
+                 "the largest MOVABLE:KERNEL ratio in percent (auto_movable_ratio); 0 = all kernel"),
+    "numa_aware": Key("policy", _bool, "yes|no",
+                      "also keep the ratio on each node (auto_movable_numa_aware)"),
+    "kernel_floor_mib": Key("policy", _int_range(0, 1 << 30), "MIB",
+                            "per node: hot-plugged memory goes to a kernel zone until the node has this much "
+                            "hot-plugged kernel memory"),
+}
+
+
+def parse_override(key: str, value: str, where: str) -> "tuple[str, str]":
+    """One [overrides] line: a device kind or device name = a zone policy."""
+    if not key or any(c.isspace() for c in key):
+        raise ConfigError(f"{where}: invalid override key {key!r}: expected a device kind "
+                          f"({', '.join(OVERRIDE_KINDS)}) or a device name such as PNP0C80:00, virtio5, dax0.0")
+    if value not in ZONE_POLICIES:
+        raise ConfigError(f"{where}: invalid value {value!r} for override {key}: expected "
+                          + " | ".join(ZONE_POLICIES))
+    return key, value
+
+
+def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Settings:
+    """Settings from the file at PATH (None: the default path, which may be missing)
+    with the command line's values on top."""
+    explicit = path is not None
+    path = path or DEFAULT_PATH
+    values: Dict[str, object] = {}
+    overrides: Dict[str, str] = {}
+    if os.path.exists(path) or explicit:
+        _read_file(path, values, overrides)
+    for name, text in cli.items():
+        try:
+            values[name] = KEYS[name].parse(text)
+        except ValueError as e:
+            raise ConfigError(f"--{name.replace('_', '-')}: invalid value {text!r}: {e}") from None
+    for item in cli_overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--override: invalid value {item!r}: expected KIND-OR-DEVICE=POLICY")
+        k, v = parse_override(key.strip(), value.strip(), "--override")
+        overrides[k] = v
+    return Settings(overrides=overrides, **values)
+
+
+def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) -> None:
+    # ":" appears in device names (PNP0C80:00), so only "=" separates; keep case.
+    parser = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#", ";"),
+                                       inline_comment_prefixes=None, interpolation=None)
+    parser.optionxform = str
+    try:
+        with open(path, encoding="utf-8") as f:
+            mode = os.fstat(f.fileno()).st_mode
+            parser.read_file(f)
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except configparser.Error as e:
+        raise ConfigError(f"{path}: {' '.join(str(e).split())}") from None
+    if mode & stat.S_IWOTH:
+        log.warning("%s: writable by every user; anyone could change how memory is onlined", path)
+    for section in parser.sections():
+        if section == "overrides":
+            for key, value in parser.items(section):
+                k, v = parse_override(key, value.strip(), f"{path}: [overrides]")
+                overrides[k] = v
+            continue
+        if section not in {k.section for k in KEYS.values()}:
+            raise ConfigError(f"{path}: invalid section [{section}]: expected "
+                              + ", ".join(f"[{s}]" for s in sorted({k.section for k in KEYS.values()} | {"overrides"})))
+        for key, value in parser.items(section):
+            spec = KEYS.get(key)
+            if spec is None or spec.section != section:
+                raise ConfigError(f"{path}: invalid key {key} in [{section}]")
+            try:
+                values[key] = spec.parse(value.strip())
+            except ValueError as e:
+                raise ConfigError(f"{path}: invalid value {value.strip()!r} for {key} in [{section}]: {e}") from None

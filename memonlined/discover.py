@@ -1,0 +1,210 @@
+"""Discovery: read the machine through a Backend into a Machine.
+
+The kernel does not expose memory groups or early memory, so both are
+reconstructed here (KERNEL-NOTES section 4):
+- a block under a top-level /proc/iomem resource named virtioN or daxX.Y
+  belongs to that virtio-mem or dax/kmem device (always hot-plugged);
+- a block with a firmware_node link to a PNP0C80 device belongs to that
+  ACPI memory device (a DIMM);
+- a block is early (boot) memory when the boot E820 table says RAM there
+  and no driver manages it; without an E820 table, when it has no device.
+"""
+
+import bisect
+import logging
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+from . import backend as B
+from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
+from .parse import (MOVABLE, PAGE_SIZE, ParseError, Resource, iomem_hidden, kmsg_message,
+                    parse_block_size, parse_boot_e820, parse_iomem, parse_state,
+                    parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
+
+log = logging.getLogger(__name__)
+
+_VIRTIO = re.compile(r"^virtio\d+$")
+_DAX = re.compile(r"^dax\d+\.\d+$")
+
+
+class SystemDataError(Exception):
+    """Global data memonlined cannot work without is missing or garbled."""
+
+
+def _read_global(backend: B.Backend, rel: str, parse):
+    try:
+        return parse(backend.read(rel))
+    except OSError as e:
+        raise SystemDataError(f"{backend.path(rel)}: cannot read: {e.strerror}") from None
+    except ParseError as e:
+        raise SystemDataError(f"{backend.path(rel)}: {e}") from None
+
+
+def _read_optional(backend: B.Backend, rel: str) -> Optional[str]:
+    try:
+        return backend.read(rel).strip()
+    except OSError:
+        return None
+
+
+def driver_resources(roots: List[Resource]) -> List[Tuple[int, int, str, str]]:
+    """(start, end exclusive, device, kind) of virtio-mem and dax/kmem regions, sorted."""
+    out = []
+    for res in roots:
+        if _VIRTIO.match(res.name):
+            out.append((res.start, res.end + 1, res.name, VIRTIO_MEM))
+        elif _DAX.match(res.name):
+            out.append((res.start, res.end + 1, res.name, DAX))
+    return sorted(out)
+
+
+def _find(ranges: List[Tuple], starts: List[int], addr: int) -> Optional[Tuple]:
+    i = bisect.bisect_right(starts, addr) - 1
+    if i >= 0 and addr < ranges[i][1]:
+        return ranges[i]
+    return None
+
+
+def _overlaps(ranges: List[Tuple[int, int]], starts: List[int], start: int, end: int) -> bool:
+    i = bisect.bisect_right(starts, end - 1) - 1
+    return i >= 0 and ranges[i][1] > start
+
+
+def read_block(backend: B.Backend, index: int) -> Tuple[str, Tuple[str, ...], Optional[int], Optional[str]]:
+    """(state, valid_zones, node, firmware node) of one block. Raises OSError
+    (gone or unreadable) or ParseError (garbled); the caller says which file."""
+    d = B.block_dir(index)
+    state = parse_state(backend.read(f"{d}/state"))
+    valid_zones = parse_valid_zones(backend.read(f"{d}/valid_zones"))
+    node = backend.block_node(index)
+    firmware = backend.readlink(f"{d}/firmware_node")
+    return state, valid_zones, node, firmware
+
+
+def discover(backend: B.Backend) -> Machine:
+    """Read everything the policy needs. Raises SystemDataError on bad global data;
+    a bad block is skipped with a warning in Machine.warnings."""
+    block_size = _read_global(backend, f"{B.MEMORY}/block_size_bytes", parse_block_size)
+    block_pages = block_size // PAGE_SIZE
+    zoneinfo = _read_global(backend, B.ZONEINFO, parse_zoneinfo)
+    iomem = _read_global(backend, B.IOMEM, parse_iomem)
+    if iomem_hidden(iomem):
+        raise SystemDataError(f"{backend.path(B.IOMEM)}: addresses are hidden (all zero); "
+                              "memonlined needs CAP_SYS_ADMIN (run it as root)")
+    e820 = None
+    if backend.exists(B.BOOT_PARAMS):
+        try:
+            e820 = parse_boot_e820(backend.read_bytes(B.BOOT_PARAMS))
+        except OSError as e:
+            raise SystemDataError(f"{backend.path(B.BOOT_PARAMS)}: cannot read: {e.strerror}") from None
+        except ParseError as e:
+            raise SystemDataError(f"{backend.path(B.BOOT_PARAMS)}: {e}") from None
+
+    machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={})
+    machine.auto_online_blocks = _read_optional(backend, f"{B.MEMORY}/auto_online_blocks")
+    machine.kernel_release = _read_optional(backend, B.OSRELEASE)
+    for name in backend.listdir(B.PARAMETERS):
+        value = _read_optional(backend, f"{B.PARAMETERS}/{name}")
+        if value is not None:
+            machine.kernel_params[name] = value
+    if e820 is None:
+        machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): "
+                                "taking memory without a device as boot memory")
+
+    drivers = driver_resources(iomem)
+    driver_starts = [r[0] for r in drivers]
+    e820_starts = [r[0] for r in e820] if e820 else []
+    probes = parse_virtio_mem_probes([kmsg_message(r) for r in backend.kernel_log()])
+
+    dimm_blocks: Dict[str, int] = {}
+    for index in backend.block_indexes():
+        try:
+            state, valid_zones, node, firmware = read_block(backend, index)
+        except FileNotFoundError:
+            continue  # removed while we looked (virtio-mem unplug): nothing to do
+        except OSError as e:
+            machine.warnings.append(f"{backend.path(B.block_dir(index))}: cannot read: {e.strerror}; skipped")
+            continue
+        except ParseError as e:
+            machine.warnings.append(f"{backend.path(B.block_dir(index))}: {e}; skipped")
+            continue
+        if node is None:
+            machine.warnings.append(f"memory{index}: no node link yet; skipped")
+            continue
+        start = index * block_size
+        group = None
+        res = _find(drivers, driver_starts, start) if drivers else None
+        if res is not None:
+            group = machine.groups.get(res[2])
+            if group is None:
+                group = machine.groups[res[2]] = _driver_group(res, node, block_size, drivers, probes, machine)
+            early = False
+        else:
+            if firmware is not None and "PNP0C80" in firmware:
+                name = os.path.basename(firmware)
+                dimm_blocks[name] = dimm_blocks.get(name, 0) + 1
+                group = machine.groups.get(name)
+                if group is None:
+                    group = machine.groups[name] = Group(name, DIMM, node, dynamic=False)
+            if e820 is not None:
+                early = _overlaps(e820, e820_starts, start, start + block_size)
+            else:
+                early = group is None
+            if early:
+                # Boot memory described by an ACPI memory device is in no
+                # memory group: add_memory() failed with -EEXIST for it.
+                group = None
+        machine.blocks[index] = Block(index, state, node, valid_zones, early, group)
+
+    # A DIMM's max_pages is the whole device, boot parts included (acpi_memhotplug.c).
+    for name, count in dimm_blocks.items():
+        machine.groups[name].max_pages = count * block_pages
+
+    _account(machine, zoneinfo, block_pages)
+    return machine
+
+
+def _driver_group(res, node, block_size, drivers, probes, machine) -> Group:
+    start, end, name, kind = res
+    block_pages = block_size // PAGE_SIZE
+    if kind == DAX:
+        # One static group per dax device over all its ranges (dax/kmem.c).
+        size = sum(r[1] - r[0] for r in drivers if r[2] == name)
+        return Group(name, DAX, node, dynamic=False, max_pages=size // PAGE_SIZE)
+    probe = probes.get(name)
+    unit = probe.unit_bytes if probe else None
+    if unit is None:
+        machine.warnings.append(f"{name}: its virtio_mem probe lines are not in the kernel log; "
+                                "assuming the unit is one memory block (SBM)")
+        return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=block_pages, unit_known=False)
+    return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=max(unit, block_size) // PAGE_SIZE)
+
+
+def _account(machine: Machine, zoneinfo, block_pages: int) -> None:
+    """Node statistics from /proc/zoneinfo, minus what the blocks say is hot-plugged."""
+    for z in zoneinfo:
+        node = machine.nodes.setdefault(z.node, NodeStats())
+        if z.zone == MOVABLE:
+            node.movable += z.present
+        elif z.zone != "Device":
+            node.kernel_early += z.present - z.cma
+            node.movable += z.cma
+    for block in machine.blocks.values():
+        if block.state == "offline":
+            continue
+        node = machine.nodes.setdefault(block.node, NodeStats())
+        movable = block.zone == MOVABLE
+        if block.group is not None:
+            if movable:
+                block.group.movable_pages += block_pages
+            else:
+                block.group.kernel_pages += block_pages
+        if not movable and not block.early:
+            node.kernel_early -= block_pages
+            node.hotplugged_kernel += block_pages
+    for nid, node in sorted(machine.nodes.items()):
+        if node.kernel_early < 0:
+            machine.warnings.append(f"node {nid}: more hot-plugged kernel memory than /proc/zoneinfo "
+                                    "shows present; taking its early kernel memory as 0")
+            node.kernel_early = 0

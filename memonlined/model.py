@@ -1,0 +1,112 @@
+"""What memonlined knows about the machine: blocks, memory groups, nodes.
+
+Plain data, filled by discover.py and updated by the planner as it decides.
+Sizes are in pages (4 KiB), like the kernel's counters.
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+from .parse import MOVABLE
+
+# Device kinds, as used in the configuration's [overrides].
+DIMM = "dimm"
+VIRTIO_MEM = "virtio-mem"
+DAX = "dax"
+
+
+@dataclass
+class Group:
+    """A memory device: the kernel's memory group (include/linux/memory.h).
+
+    Static (a DIMM, a dax device) with max_pages, or dynamic (virtio-mem)
+    with unit_pages. kernel_pages and movable_pages are the kernel's
+    present_kernel_pages and present_movable_pages.
+    """
+    name: str
+    kind: str
+    node: Optional[int]
+    dynamic: bool
+    max_pages: int = 0
+    unit_pages: int = 0
+    kernel_pages: int = 0
+    movable_pages: int = 0
+    unit_known: bool = True
+
+
+@dataclass
+class Block:
+    index: int
+    state: str                      # online | offline | going-offline
+    node: Optional[int]
+    valid_zones: Tuple[str, ...]    # online: (its zone,); offline: the allowed zones
+    early: bool                     # boot memory, not hot-plugged
+    group: Optional[Group] = None   # its memory device, None for boot memory and unknown memory
+
+    @property
+    def zone(self) -> Optional[str]:
+        return self.valid_zones[0] if self.state != "offline" else None
+
+    @property
+    def kernel_zone(self) -> str:
+        """The kernel zone online_kernel would pick: the first non-Movable valid zone."""
+        for zone in self.valid_zones:
+            if zone != MOVABLE:
+                return zone
+        return "Normal"
+
+    @property
+    def device(self) -> str:
+        return self.group.name if self.group else ("boot" if self.early else "-")
+
+
+@dataclass
+class NodeStats:
+    """The ratio's two sides on one node (mm/memory_hotplug.c auto_movable_stats)."""
+    kernel_early: int = 0   # early present pages in kernel zones, minus CMA
+    movable: int = 0        # present pages in ZONE_MOVABLE, plus CMA
+    hotplugged_kernel: int = 0  # hot-plugged present pages in kernel zones (for the kernel floor)
+
+
+@dataclass
+class Machine:
+    block_size: int                       # bytes
+    blocks: Dict[int, Block]
+    groups: Dict[str, Group]
+    nodes: Dict[int, NodeStats]
+    auto_online_blocks: Optional[str] = None
+    kernel_params: Dict[str, str] = field(default_factory=dict)
+    kernel_release: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+
+    @property
+    def block_pages(self) -> int:
+        return self.block_size // 4096
+
+    def add_online(self, block: Block, zone: str) -> None:
+        """Account a block that went online in ZONE, as adjust_present_page_count() does."""
+        block.state = "online"
+        block.valid_zones = (zone,)
+        self._account(block, zone, self.block_pages)
+
+    def remove_online(self, block: Block) -> None:
+        """Undo the accounting of an online block (it went offline or away)."""
+        zone = block.zone
+        if zone is not None:
+            self._account(block, zone, -self.block_pages)
+        block.state = "offline"
+
+    def _account(self, block: Block, zone: str, pages: int) -> None:
+        node = self.nodes.setdefault(block.node, NodeStats())
+        movable = zone == MOVABLE
+        if movable:
+            node.movable += pages
+        elif block.early:
+            node.kernel_early += pages
+        else:
+            node.hotplugged_kernel += pages
+        if block.group is not None and not block.early:
+            if movable:
+                block.group.movable_pages += pages
+            else:
+                block.group.kernel_pages += pages

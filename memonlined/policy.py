@@ -1,0 +1,199 @@
+"""The zone decision: the kernel's auto-movable policy, plus memonlined's own knobs.
+
+Pure functions over a Machine; no I/O. The auto-movable part keeps the
+shape and the integer arithmetic of mm/memory_hotplug.c (v6.1):
+auto_movable_zone_for_pfn() is zone_for_block(), auto_movable_can_online_movable()
+is can_online_movable().
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional
+
+from .model import Block, Group, Machine, NodeStats
+from .parse import MOVABLE
+
+AUTO_MOVABLE = "auto-movable"
+ZONE_POLICIES = (AUTO_MOVABLE, "movable", "kernel")
+OTHER = "other"  # the [overrides] key for memory with no device
+
+
+@dataclass
+class Settings:
+    """The decision's configuration (see etc/memonlined.conf)."""
+    policy: str = AUTO_MOVABLE
+    ratio: int = 301                 # auto_movable_ratio, percent
+    numa_aware: bool = True          # auto_movable_numa_aware
+    kernel_floor_mib: int = 0        # per node: hot-plugged kernel memory to reach before anything goes Movable
+    overrides: Dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
+
+
+@dataclass
+class Check:
+    """One ratio check with every number that went into it (pages)."""
+    node: Optional[int]        # None: the whole system
+    kernel_early: int          # early kernel pages, before the adjustments
+    movable: int               # movable pages, before the adjustments
+    req_kernel_early: int      # early kernel pages other dynamic groups need for their Movable memory
+    dyn_movable: int           # Movable pages of those other dynamic groups
+    group_kernel: int          # this dynamic group's own kernel pages, which back its Movable memory
+    nr_pages: int              # pages that would go Movable
+    limit: int                 # ratio * adjusted early kernel / 100
+    ok: bool
+
+    @property
+    def used(self) -> int:
+        return self.movable - self.dyn_movable + self.nr_pages
+
+
+@dataclass
+class Decision:
+    block: int
+    zone: str
+    device: str
+    reason: str
+    checks: List[Check] = field(default_factory=list)
+
+    @property
+    def movable(self) -> bool:
+        return self.zone == MOVABLE
+
+
+def _mib(pages: int) -> str:
+    return f"{pages * 4096 // (1 << 20)}M"
+
+
+def can_online_movable(stats: NodeStats, dynamic_groups: Iterable[Group], group: Optional[Group],
+                       nr_pages: int, ratio: int, node: Optional[int] = None) -> Check:
+    """Could NR_PAGES more go Movable and stay within RATIO? (auto_movable_can_online_movable)
+
+    STATS are the node's (or the whole system's) counters; DYNAMIC_GROUPS the
+    dynamic groups on that node (or all of them).
+    """
+    req = dyn_movable = 0
+    for other in dynamic_groups:
+        if other is group or not ratio:
+            continue
+        # Early kernel pages this group needs for its Movable pages (auto_movable_stats_account_group).
+        pages = other.movable_pages * 100 // ratio - other.kernel_pages
+        if pages > 0:
+            req += pages
+        dyn_movable += other.movable_pages
+    group_kernel = group.kernel_pages if group is not None and group.dynamic else 0
+    if stats.kernel_early <= req:
+        return Check(node, stats.kernel_early, stats.movable, req, dyn_movable, group_kernel, nr_pages, 0, False)
+    kernel_early = stats.kernel_early - req + group_kernel
+    limit = ratio * kernel_early // 100
+    ok = stats.movable - dyn_movable + nr_pages <= limit
+    return Check(node, stats.kernel_early, stats.movable, req, dyn_movable, group_kernel, nr_pages, limit, ok)
+
+
+def system_stats(machine: Machine) -> NodeStats:
+    total = NodeStats()
+    for node in machine.nodes.values():
+        total.kernel_early += node.kernel_early
+        total.movable += node.movable
+        total.hotplugged_kernel += node.hotplugged_kernel
+    return total
+
+
+def dynamic_groups(machine: Machine, node: Optional[int] = None) -> List[Group]:
+    return [g for g in machine.groups.values() if g.dynamic and (node is None or g.node == node)]
+
+
+def _pages_to_online(machine: Machine, block: Block) -> "tuple[Optional[int], str]":
+    """How many pages the decision is about (the remaining part of the device or
+    unit), or None when some of it is already in a kernel zone."""
+    group = block.group
+    block_pages = machine.block_pages
+    if group is not None and not group.dynamic:
+        if group.kernel_pages:
+            return None, f"{group.name} already has memory in a kernel zone: the whole device stays there"
+        return group.max_pages - group.movable_pages, f"the rest of {group.name}"
+    if group is None or group.unit_pages == block_pages:
+        return block_pages, "this block"
+    unit_blocks = group.unit_pages // block_pages
+    first = block.index - block.index % unit_blocks
+    online = 0
+    for index in range(first, first + unit_blocks):
+        other = machine.blocks.get(index)
+        if other is None or other.zone is None:
+            continue
+        if other.zone != MOVABLE:
+            return None, f"its {_mib(group.unit_pages)} unit of {group.name} already has memory in a kernel zone"
+        online += block_pages
+    return group.unit_pages - online, f"the rest of its {_mib(group.unit_pages)} unit of {group.name}"
+
+
+def zone_policy_for(settings: Settings, block: Block) -> "tuple[str, str]":
+    """The zone policy for a block's device: an override by device name, then by
+    kind, then the global policy. Returns (policy, where it came from)."""
+    group = block.group
+    if group is not None and group.name in settings.overrides:
+        return settings.overrides[group.name], f"override for {group.name}"
+    kind = group.kind if group is not None else OTHER
+    if kind in settings.overrides:
+        return settings.overrides[kind], f"override for {kind} devices"
+    return settings.policy, "policy"
+
+
+def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decision:
+    """The zone an offline block should go to now (auto_movable_zone_for_pfn)."""
+    kernel_zone = block.kernel_zone
+    device = block.device
+
+    def decide(movable: bool, reason: str, checks=()) -> Decision:
+        if movable and MOVABLE not in block.valid_zones:
+            return Decision(block.index, kernel_zone, device,
+                            f"{reason}; but valid_zones does not offer Movable", list(checks))
+        return Decision(block.index, MOVABLE if movable else kernel_zone, device, reason, list(checks))
+
+    policy, source = zone_policy_for(settings, block)
+    if source == "policy" and settings.kernel_floor_mib:
+        floor = settings.kernel_floor_mib * (1 << 20) // 4096
+        have = machine.nodes[block.node].hotplugged_kernel
+        if have < floor:
+            return decide(False, f"kernel floor: node {block.node} has {_mib(have)} of hot-plugged "
+                                 f"kernel memory, below the floor of {_mib(floor)}")
+    if policy == "movable":
+        return decide(True, source + ": movable")
+    if policy == "kernel":
+        return decide(False, source + ": kernel")
+    if not settings.ratio:
+        return decide(False, "ratio 0: everything to a kernel zone")
+
+    nr_pages, what = _pages_to_online(machine, block)
+    if nr_pages is None:
+        return decide(False, what)
+    checks = [can_online_movable(system_stats(machine), dynamic_groups(machine), block.group,
+                                 nr_pages, settings.ratio)]
+    if checks[0].ok and settings.numa_aware:
+        checks.append(can_online_movable(machine.nodes[block.node], dynamic_groups(machine, block.node),
+                                         block.group, nr_pages, settings.ratio, block.node))
+    failed = next((c for c in checks if not c.ok), None)
+    if failed is None:
+        return decide(True, f"{what} fits: " + "; ".join(_describe(c, settings.ratio) for c in checks), checks)
+    return decide(False, f"{what} does not fit: {_describe(failed, settings.ratio)}", checks)
+
+
+def _describe(check: Check, ratio: int) -> str:
+    where = "system" if check.node is None else f"node {check.node}"
+    if check.limit == 0 and not check.ok and check.kernel_early <= check.req_kernel_early:
+        return (f"{where}: early kernel {_mib(check.kernel_early)} is all needed by other "
+                f"dynamic groups ({_mib(check.req_kernel_early)})")
+    kernel = check.kernel_early - check.req_kernel_early + check.group_kernel
+    op = "<=" if check.ok else ">"
+    return (f"{where}: Movable {_mib(check.movable - check.dyn_movable)} + {_mib(check.nr_pages)} "
+            f"{op} {ratio}% of kernel {_mib(kernel)} = {_mib(check.limit)}")
+
+
+def movable_headroom(machine: Machine, settings: Settings, node: Optional[int] = None) -> int:
+    """Pages that could still go Movable without breaking the ratio (for memory of
+    no device; a dynamic group's own kernel memory buys it more)."""
+    def room(stats, groups, nid):
+        check = can_online_movable(stats, groups, None, 0, settings.ratio, nid)
+        return max(0, check.limit - check.used) if check.ok else 0
+
+    total = room(system_stats(machine), dynamic_groups(machine), None)
+    if node is None or not settings.numa_aware:
+        return total
+    return min(total, room(machine.nodes[node], dynamic_groups(machine, node), node))
