@@ -117,6 +117,8 @@ def cmd_online(backend: B.Backend, machine: Machine, settings: Settings, dry_run
             continue
         planner.commit(index, zone)
         records.append((decision, zone, result))
+    if not records:
+        log.info("no offline memory blocks: nothing to do")
     if as_json:
         out = []
         for decision, zone, result in records:
