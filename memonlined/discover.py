@@ -82,103 +82,154 @@ def read_block(backend: B.Backend, index: int) -> Tuple[str, Tuple[str, ...], Op
     return state, valid_zones, node, firmware
 
 
+class Reader:
+    """Reads blocks and classifies them. Holds the layout data (iomem, E820,
+    virtio_mem probes) that block classification needs, so that the daemon
+    can re-read single blocks without a full discovery."""
+
+    def __init__(self, backend: B.Backend, machine: Machine):
+        self.backend = backend
+        self.machine = machine
+        self.e820: Optional[List[Tuple[int, int]]] = None
+        self.drivers: List[Tuple[int, int, str, str]] = []
+        self.hotplug_ram: List[Tuple[int, int, str, str]] = []
+        self.probes = {}
+        self._driver_starts: List[int] = []
+        self._e820_starts: List[int] = []
+        self._ram_starts: List[int] = []
+
+    def read_layout(self) -> None:
+        """(Re)read /proc/iomem, and the boot E820 table once. Raises SystemDataError."""
+        iomem = _read_global(self.backend, B.IOMEM, parse_iomem)
+        if iomem_hidden(iomem):
+            raise SystemDataError(f"{self.backend.path(B.IOMEM)}: addresses are hidden (all zero); "
+                                  "memonlined needs CAP_SYS_ADMIN (run it as root)")
+        if self.e820 is None and self.backend.exists(B.BOOT_PARAMS):
+            try:
+                self.e820 = parse_boot_e820(self.backend.read_bytes(B.BOOT_PARAMS))
+            except OSError as e:
+                raise SystemDataError(f"{self.backend.path(B.BOOT_PARAMS)}: cannot read: {e.strerror}") from None
+            except ParseError as e:
+                raise SystemDataError(f"{self.backend.path(B.BOOT_PARAMS)}: {e}") from None
+        self.drivers = driver_resources(iomem)
+        self._driver_starts = [r[0] for r in self.drivers]
+        # Top-level System RAM the boot E820 table does not list: hot-plugged
+        # (DIMM) ranges, identifiable before their firmware_node links appear.
+        self.hotplug_ram = []
+        if self.e820 is not None:
+            self._e820_starts = [r[0] for r in self.e820]
+            self.hotplug_ram = [(r.start, r.end + 1, f"System RAM {r.start:#x}-{r.end:#x}", DIMM)
+                                for r in iomem if r.name == "System RAM"
+                                and not _overlaps(self.e820, self._e820_starts, r.start, r.end + 1)]
+        self._ram_starts = [r[0] for r in self.hotplug_ram]
+
+    def read_probes(self) -> None:
+        self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log()])
+
+    def read_block(self, index: int) -> Optional[Block]:
+        """Read and classify one block; None (with a warning where worth one)
+        when it is gone, unreadable or garbled."""
+        machine = self.machine
+        try:
+            state, valid_zones, node, firmware = read_block(self.backend, index)
+        except FileNotFoundError:
+            return None  # removed while we looked (virtio-mem unplug): nothing to do
+        except OSError as e:
+            machine.warnings.append(f"{self.backend.path(B.block_dir(index))}: cannot read: {e.strerror}; skipped")
+            return None
+        except ParseError as e:
+            machine.warnings.append(f"{self.backend.path(B.block_dir(index))}: {e}; skipped")
+            return None
+        if node is None:
+            machine.warnings.append(f"memory{index}: no node link yet; skipped")
+            return None
+        start = index * machine.block_size
+        res = _find(self.drivers, self._driver_starts, start)
+        if res is not None:
+            group = machine.groups.get(res[2])
+            if group is None:
+                group = machine.groups[res[2]] = self._driver_group(res, node)
+            return Block(index, state, node, valid_zones, False, group)
+        if self.e820 is not None:
+            early = _overlaps(self.e820, self._e820_starts, start, start + machine.block_size)
+        else:
+            early = firmware is None
+        if early:
+            # Boot memory, even where an ACPI memory device describes it: the
+            # kernel put it in no group (add_memory() failed with -EEXIST).
+            return Block(index, state, node, valid_zones, True, None)
+        name = None
+        if firmware is not None and "PNP0C80" in firmware:
+            name = os.path.basename(firmware)
+        else:
+            ram = _find(self.hotplug_ram, self._ram_starts, start)
+            name = ram[2] if ram else None  # a DIMM whose link is not there yet
+        group = None
+        if name is not None:
+            group = machine.groups.get(name)
+            if group is None:
+                group = machine.groups[name] = Group(name, DIMM, node, dynamic=False)
+        return Block(index, state, node, valid_zones, False, group)
+
+    def _driver_group(self, res, node) -> Group:
+        start, end, name, kind = res
+        block_size = self.machine.block_size
+        if kind == DAX:
+            # One static group per dax device over all its ranges (dax/kmem.c).
+            size = sum(r[1] - r[0] for r in self.drivers if r[2] == name)
+            return Group(name, DAX, node, dynamic=False, max_pages=size // PAGE_SIZE)
+        if name not in self.probes:
+            self.read_probes()
+        probe = self.probes.get(name)
+        unit = probe.unit_bytes if probe else None
+        if unit is None:
+            self.machine.warnings.append(f"{name}: its virtio_mem probe lines are not in the kernel log; "
+                                         "assuming the unit is one memory block (SBM)")
+            unit = block_size
+        return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=max(unit, block_size) // PAGE_SIZE)
+
+    def size_dimms(self) -> None:
+        """A DIMM's max_pages is the whole device, boot parts included
+        (acpi_memhotplug.c); count its linked blocks. An unlinked range is its
+        iomem resource."""
+        counts: Dict[str, int] = {}
+        for block in self.machine.blocks.values():
+            if block.group is not None and block.group.kind == DIMM:
+                counts[block.group.name] = counts.get(block.group.name, 0) + 1
+        for name, group in self.machine.groups.items():
+            if group.kind == DIMM:
+                group.max_pages = counts.get(name, 0) * self.machine.block_pages
+        for start, end, name, _ in self.hotplug_ram:
+            if name in self.machine.groups:
+                self.machine.groups[name].max_pages = (end - start) // PAGE_SIZE
+
+
 def discover(backend: B.Backend) -> Machine:
     """Read everything the policy needs. Raises SystemDataError on bad global data;
     a bad block is skipped with a warning in Machine.warnings."""
     block_size = _read_global(backend, f"{B.MEMORY}/block_size_bytes", parse_block_size)
-    block_pages = block_size // PAGE_SIZE
     zoneinfo = _read_global(backend, B.ZONEINFO, parse_zoneinfo)
-    iomem = _read_global(backend, B.IOMEM, parse_iomem)
-    if iomem_hidden(iomem):
-        raise SystemDataError(f"{backend.path(B.IOMEM)}: addresses are hidden (all zero); "
-                              "memonlined needs CAP_SYS_ADMIN (run it as root)")
-    e820 = None
-    if backend.exists(B.BOOT_PARAMS):
-        try:
-            e820 = parse_boot_e820(backend.read_bytes(B.BOOT_PARAMS))
-        except OSError as e:
-            raise SystemDataError(f"{backend.path(B.BOOT_PARAMS)}: cannot read: {e.strerror}") from None
-        except ParseError as e:
-            raise SystemDataError(f"{backend.path(B.BOOT_PARAMS)}: {e}") from None
-
     machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={})
+    reader = Reader(backend, machine)
+    reader.read_layout()
     machine.auto_online_blocks = _read_optional(backend, f"{B.MEMORY}/auto_online_blocks")
     machine.kernel_release = _read_optional(backend, B.OSRELEASE)
     for name in backend.listdir(B.PARAMETERS):
         value = _read_optional(backend, f"{B.PARAMETERS}/{name}")
         if value is not None:
             machine.kernel_params[name] = value
-    if e820 is None:
+    if reader.e820 is None:
         machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): "
                                 "taking memory without a device as boot memory")
-
-    drivers = driver_resources(iomem)
-    driver_starts = [r[0] for r in drivers]
-    e820_starts = [r[0] for r in e820] if e820 else []
-    probes = parse_virtio_mem_probes([kmsg_message(r) for r in backend.kernel_log()])
-
-    dimm_blocks: Dict[str, int] = {}
+    if reader.drivers:
+        reader.read_probes()
     for index in backend.block_indexes():
-        try:
-            state, valid_zones, node, firmware = read_block(backend, index)
-        except FileNotFoundError:
-            continue  # removed while we looked (virtio-mem unplug): nothing to do
-        except OSError as e:
-            machine.warnings.append(f"{backend.path(B.block_dir(index))}: cannot read: {e.strerror}; skipped")
-            continue
-        except ParseError as e:
-            machine.warnings.append(f"{backend.path(B.block_dir(index))}: {e}; skipped")
-            continue
-        if node is None:
-            machine.warnings.append(f"memory{index}: no node link yet; skipped")
-            continue
-        start = index * block_size
-        group = None
-        res = _find(drivers, driver_starts, start) if drivers else None
-        if res is not None:
-            group = machine.groups.get(res[2])
-            if group is None:
-                group = machine.groups[res[2]] = _driver_group(res, node, block_size, drivers, probes, machine)
-            early = False
-        else:
-            if firmware is not None and "PNP0C80" in firmware:
-                name = os.path.basename(firmware)
-                dimm_blocks[name] = dimm_blocks.get(name, 0) + 1
-                group = machine.groups.get(name)
-                if group is None:
-                    group = machine.groups[name] = Group(name, DIMM, node, dynamic=False)
-            if e820 is not None:
-                early = _overlaps(e820, e820_starts, start, start + block_size)
-            else:
-                early = group is None
-            if early:
-                # Boot memory described by an ACPI memory device is in no
-                # memory group: add_memory() failed with -EEXIST for it.
-                group = None
-        machine.blocks[index] = Block(index, state, node, valid_zones, early, group)
-
-    # A DIMM's max_pages is the whole device, boot parts included (acpi_memhotplug.c).
-    for name, count in dimm_blocks.items():
-        machine.groups[name].max_pages = count * block_pages
-
-    _account(machine, zoneinfo, block_pages)
+        block = reader.read_block(index)
+        if block is not None:
+            machine.blocks[index] = block
+    reader.size_dimms()
+    _account(machine, zoneinfo, machine.block_pages)
     return machine
-
-
-def _driver_group(res, node, block_size, drivers, probes, machine) -> Group:
-    start, end, name, kind = res
-    block_pages = block_size // PAGE_SIZE
-    if kind == DAX:
-        # One static group per dax device over all its ranges (dax/kmem.c).
-        size = sum(r[1] - r[0] for r in drivers if r[2] == name)
-        return Group(name, DAX, node, dynamic=False, max_pages=size // PAGE_SIZE)
-    probe = probes.get(name)
-    unit = probe.unit_bytes if probe else None
-    if unit is None:
-        machine.warnings.append(f"{name}: its virtio_mem probe lines are not in the kernel log; "
-                                "assuming the unit is one memory block (SBM)")
-        return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=block_pages, unit_known=False)
-    return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=max(unit, block_size) // PAGE_SIZE)
 
 
 def _account(machine: Machine, zoneinfo, block_pages: int) -> None:

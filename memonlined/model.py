@@ -31,7 +31,6 @@ class Group:
     unit_pages: int = 0
     kernel_pages: int = 0
     movable_pages: int = 0
-    unit_known: bool = True
 
 
 @dataclass
