@@ -7,7 +7,6 @@ as /proc/zoneinfo missing or garbled: nothing was written).
 """
 
 import argparse
-import errno
 import json
 import logging
 import sys
@@ -18,9 +17,10 @@ from . import backend as B
 from . import config
 from .discover import SystemDataError, discover
 from .model import Machine
-from .parse import MOVABLE, ParseError, format_size, parse_state, parse_valid_zones
+from .parse import format_size
 from .planner import Planner
-from .policy import Decision, Settings, movable_headroom
+from .policy import Settings, movable_headroom
+from .writer import FAILED, Outcome, online_blocks
 
 log = logging.getLogger("memonlined")
 
@@ -91,88 +91,18 @@ def _auto_online_note(machine: Machine) -> None:
                     "new blocks are online before memonlined sees them", machine.auto_online_blocks)
 
 
-def decision_json(d: Decision, result: Optional[str] = None) -> dict:
-    out = {"block": d.block, "zone": d.zone, "device": d.device, "reason": d.reason}
-    if result is not None:
-        out["result"] = result
-    out["checks"] = [vars(c).copy() for c in d.checks]
-    return out
-
-
 def cmd_online(backend: B.Backend, machine: Machine, settings: Settings, dry_run: bool, as_json: bool) -> int:
     _auto_online_note(machine)
     planner = Planner(machine, settings)
-    records = []
-    failed = 0
-    for index in planner.offline_blocks():
-        decision = planner.decide(index)
-        if dry_run:
-            zone, result = decision.zone, "dry-run"
-            log.info("memory%d: would online to %s (%s): %s", index, zone, decision.device, decision.reason)
-        else:
-            zone, result = online_block(backend, machine, decision)
-            failed += result == "failed"
-        if result == "vanished":
-            del machine.blocks[index]
-            continue
-        planner.commit(index, zone)
-        records.append((decision, zone, result))
-    if not records:
+    outcomes = online_blocks(backend, planner, planner.offline_blocks(), dry_run)
+    if not outcomes:
         log.info("no offline memory blocks: nothing to do")
     if as_json:
-        out = []
-        for decision, zone, result in records:
-            item = decision_json(decision, result)
-            item["zone"] = zone
-            out.append(item)
-        print(json.dumps({"decisions": out}, indent=1))
+        print(json.dumps({"decisions": [o.as_json() for o in outcomes]}, indent=1))
     else:
-        for decision, zone, result in records:
-            print(f"memory{decision.block}\t{zone or '-'}\t{result}\t{decision.device}\t{decision.reason}")
-    return EXIT_PARTIAL if failed else EXIT_OK
-
-
-def _reread(backend: B.Backend, index: int):
-    """(state, valid_zones) of a block as it is now; None when it is gone."""
-    d = B.block_dir(index)
-    try:
-        return parse_state(backend.read(f"{d}/state")), parse_valid_zones(backend.read(f"{d}/valid_zones"))
-    except (OSError, ParseError):
-        return None
-
-
-def online_block(backend: B.Backend, machine: Machine, decision: Decision):
-    """Write the decision. Returns (zone now, result) with result one of
-    onlined, fallback (Movable refused, kernel zone taken), already-online,
-    vanished, failed."""
-    index = decision.block
-    attempts = ["online_movable", "online_kernel"] if decision.movable else ["online_kernel"]
-    for attempt in attempts:
-        try:
-            backend.write_block_state(index, attempt)
-        except FileNotFoundError:
-            return None, "vanished"
-        except OSError as e:
-            now = _reread(backend, index)
-            if now is None:
-                return None, "vanished"
-            if now[0] != "offline":
-                log.info("memory%d: onlined by someone else, to %s", index, now[1][0])
-                return now[1][0], "already-online"
-            reason = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else str(e)
-            if attempt == "online_movable":
-                log.warning("memory%d: online_movable failed (%s); falling back to online_kernel "
-                            "(online memory beats wasted memory)", index, reason)
-                continue
-            log.error("memory%d: %s failed (%s); the block stays offline", index, attempt, reason)
-            return None, "failed"
-        now = _reread(backend, index)
-        zone = now[1][0] if now and now[0] == "online" else (MOVABLE if attempt == "online_movable"
-                                                               else machine.blocks[index].kernel_zone)
-        result = "onlined" if attempt == attempts[0] else "fallback"
-        log.info("memory%d: onlined to %s (%s): %s", index, zone, decision.device, decision.reason)
-        return zone, result
-    return None, "failed"
+        for o in outcomes:
+            print(f"memory{o.decision.block}\t{o.zone or '-'}\t{o.result}\t{o.decision.device}\t{o.decision.reason}")
+    return EXIT_PARTIAL if any(o.result == FAILED for o in outcomes) else EXIT_OK
 
 
 def _ranges(machine: Machine, choices: dict) -> List[dict]:
@@ -247,7 +177,7 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     planner.plan(before)
     decision = planner.decide(index)
     if as_json:
-        print(json.dumps(decision_json(decision), indent=1))
+        print(json.dumps(Outcome(decision, decision.zone, None).as_json(), indent=1))
         return EXIT_OK
     print(f"memory{index} ({decision.device}, node {block.node}) -> {decision.zone}")
     if before:

@@ -1,0 +1,118 @@
+"""Carrying out decisions: the only place that writes a block's state.
+
+A batch is decided and written one block at a time in ascending order; the
+planner is told what really happened before it decides the next block, so a
+fallback or someone else's onlining is taken into account. Dry-run is the
+same path with the write replaced by a log line.
+"""
+
+import errno
+import logging
+from dataclasses import dataclass
+from typing import List, Optional
+
+from . import backend as B
+from .parse import MOVABLE, ParseError, parse_state, parse_valid_zones
+from .planner import Planner
+from .policy import Decision
+
+log = logging.getLogger(__name__)
+
+# Results of one block.
+ONLINED, FALLBACK, ALREADY_ONLINE, VANISHED, FAILED, DRY_RUN = (
+    "onlined", "fallback", "already-online", "vanished", "failed", "dry-run")
+
+# A journal MESSAGE_ID for every decision, and one for conflicts with other onliners.
+DECISION_MESSAGE_ID = "3f0b6c2e8d4a4f5bb1c9e7a2d5f81c40"
+CONFLICT_MESSAGE_ID = "9a7d2e41c6b84d0f8e3a5b1c7f2d6e93"
+
+
+@dataclass
+class Outcome:
+    decision: Decision
+    zone: Optional[str]   # where the block is now (the prediction in a dry-run)
+    result: Optional[str]
+
+    def as_json(self) -> dict:
+        d = self.decision
+        out = {"block": d.block, "zone": self.zone, "device": d.device, "reason": d.reason}
+        if self.result is not None:
+            out["result"] = self.result
+        out["checks"] = [vars(c).copy() for c in d.checks]
+        return out
+
+
+def _fields(decision: Decision, zone: Optional[str], result: str, message_id=DECISION_MESSAGE_ID) -> dict:
+    """Structured journal fields (the journal handler sends extra= keys as fields)."""
+    return {"MESSAGE_ID": message_id, "BLOCK": decision.block, "DEVICE": decision.device,
+            "ZONE": zone or "", "REASON": decision.reason, "RESULT": result}
+
+
+def _reread(backend: B.Backend, index: int):
+    """(state, valid_zones) of a block as it is now; None when it is gone."""
+    d = B.block_dir(index)
+    try:
+        return parse_state(backend.read(f"{d}/state")), parse_valid_zones(backend.read(f"{d}/valid_zones"))
+    except (OSError, ParseError):
+        return None
+
+
+def online_block(backend: B.Backend, decision: Decision, kernel_zone: str) -> "tuple[Optional[str], str]":
+    """Write the decision. Returns (zone now, result)."""
+    index = decision.block
+    attempts = ["online_movable", "online_kernel"] if decision.movable else ["online_kernel"]
+    for attempt in attempts:
+        try:
+            backend.write_block_state(index, attempt)
+        except FileNotFoundError:
+            return None, VANISHED
+        except OSError as e:
+            now = _reread(backend, index)
+            if now is None:
+                return None, VANISHED
+            if now[0] != "offline":
+                zone = now[1][0]
+                log.warning("memory%d: onlined by someone else, to %s", index, zone,
+                            extra=_fields(decision, zone, ALREADY_ONLINE, CONFLICT_MESSAGE_ID))
+                return zone, ALREADY_ONLINE
+            reason = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else str(e)
+            if attempt == "online_movable":
+                log.warning("memory%d: online_movable failed (%s); falling back to online_kernel "
+                            "(online memory beats wasted memory)", index, reason)
+                continue
+            log.error("memory%d: %s failed (%s); the block stays offline", index, attempt, reason,
+                      extra=_fields(decision, None, FAILED))
+            return None, FAILED
+        now = _reread(backend, index)
+        if now and now[0] == "online":
+            zone = now[1][0]
+        else:
+            zone = MOVABLE if attempt == "online_movable" else kernel_zone
+        result = ONLINED if attempt == attempts[0] else FALLBACK
+        log.info("memory%d: onlined to %s (%s): %s", index, zone, decision.device, decision.reason,
+                 extra=_fields(decision, zone, result))
+        return zone, result
+    return None, FAILED
+
+
+def online_blocks(backend: B.Backend, planner: Planner, indexes: List[int], dry_run: bool) -> List[Outcome]:
+    """Decide and online INDEXES (offline blocks) in ascending order."""
+    machine = planner.machine
+    outcomes = []
+    for index in sorted(indexes):
+        block = machine.blocks.get(index)
+        if block is None or block.state != "offline":
+            continue
+        decision = planner.decide(index)
+        if dry_run:
+            zone, result = decision.zone, DRY_RUN
+            log.info("memory%d: would online to %s (%s): %s", index, zone, decision.device, decision.reason,
+                     extra=_fields(decision, zone, result))
+        else:
+            zone, result = online_block(backend, decision, block.kernel_zone)
+        if result == VANISHED:
+            del machine.blocks[index]
+            continue
+        planner.commit(index, zone)
+        outcomes.append(Outcome(decision, zone, result))
+    return outcomes
