@@ -17,6 +17,10 @@ ZONEINFO = "proc/zoneinfo"
 IOMEM = "proc/iomem"
 OSRELEASE = "proc/sys/kernel/osrelease"
 KMSG = "dev/kmsg"
+AUTO_ONLINE = f"{MEMORY}/auto_online_blocks"
+# The kernel settings memonlined may write (kernel mode and the auto-online take-over).
+SETTINGS = (AUTO_ONLINE, f"{PARAMETERS}/online_policy", f"{PARAMETERS}/auto_movable_ratio",
+            f"{PARAMETERS}/auto_movable_numa_aware")
 
 # The files of a block directory memonlined reads, and the links it follows.
 BLOCK_FILES = ("state", "online", "valid_zones", "phys_index", "phys_device", "removable")
@@ -115,11 +119,21 @@ class Backend:
         finally:
             os.close(fd)
 
+    def write_setting(self, rel: str, value: str) -> None:
+        """Write one of the kernel settings in SETTINGS; nothing else."""
+        if rel not in SETTINGS:
+            raise ValueError(f"{rel}: not a setting memonlined writes")
+        fd = os.open(self.path(rel), os.O_WRONLY | os.O_NOFOLLOW)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
 
 def capture_paths(backend: Backend) -> Iterator[str]:
     """Every file and link memonlined reads, as relative paths."""
     yield f"{MEMORY}/block_size_bytes"
-    yield f"{MEMORY}/auto_online_blocks"
+    yield AUTO_ONLINE
     for index in backend.block_indexes():
         d = block_dir(index)
         for name in backend.listdir(d):

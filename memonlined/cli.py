@@ -9,18 +9,20 @@ as /proc/zoneinfo missing or garbled: nothing was written).
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import List, Optional
 
 from . import __version__
 from . import backend as B
 from . import config
+from .conflicts import find_udev_rules
 from .discover import SystemDataError, discover
 from .model import Machine
 from .parse import format_size
 from .planner import Planner
 from .policy import Settings, movable_headroom
-from .writer import FAILED, Outcome, online_blocks
+from .writer import CONFLICT_MESSAGE_ID, FAILED, Outcome, online_blocks
 
 log = logging.getLogger("memonlined")
 
@@ -52,25 +54,57 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--json", action="store_true")
     capture = sub.add_parser("capture", help="record everything memonlined reads into a tree at OUT")
     capture.add_argument("out", metavar="OUT")
+    run = sub.add_parser("run", help="the daemon: online blocks offline at start, then every added block")
+    run.add_argument("--dry-run", action="store_true", help="decide and log, write nothing")
+    run.add_argument("--state-dir", default="/run/memonlined", metavar="DIR",
+                     help="where the blocks handled in this boot are remembered (default /run/memonlined)")
+    sub.add_parser("doctor", help="everything worth knowing: kernel, policy, config, devices, other onliners")
     return p
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def setup_logging(level: str) -> None:
+    """The journal with structured fields under systemd; stderr otherwise."""
+    handler = None
+    if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        try:
+            from systemd.journal import JournalHandler
+            handler = JournalHandler(SYSLOG_IDENTIFIER="memonlined")
+        except ImportError:
+            pass
+    if handler is None:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("memonlined: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None) -> int:
+    """BACKEND replaces the one --root would build (the tests' fake kernel)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="memonlined: %(levelname)s: %(message)s",
-                        stream=sys.stderr)
-    backend = B.Backend(args.root)
+    setup_logging(args.log_level)
+    backend = backend or B.Backend(args.root)
     if args.command == "capture":
         count = B.capture(backend, args.out)
         print(f"captured {count} files into {args.out}")
         return EXIT_OK
+    cli_values = {name: getattr(args, "key_" + name) for name in config.KEYS
+                  if getattr(args, "key_" + name) is not None}
+
+    def load_settings():
+        return config.load(args.config, cli_values, args.override)
+
     try:
-        cli_values = {name: getattr(args, "key_" + name) for name in config.KEYS
-                      if getattr(args, "key_" + name) is not None}
-        settings = config.load(args.config, cli_values, args.override)
+        settings = load_settings()
     except config.ConfigError as e:
         log.error("%s", e)
         return EXIT_CONFIG
+    if args.command == "run":
+        try:
+            return run_daemon(backend, settings, load_settings, args)
+        except SystemDataError as e:
+            log.error("%s", e)
+            return EXIT_SYSTEM
     try:
         machine = discover(backend)
     except SystemDataError as e:
@@ -82,6 +116,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return cmd_online(backend, machine, settings, args.dry_run, args.json)
     if args.command == "status":
         return cmd_status(machine, settings, args.json)
+    if args.command == "doctor":
+        return cmd_doctor(backend, machine, settings, args.config)
     return cmd_explain(machine, settings, args.block, args.json)
 
 
@@ -188,4 +224,89 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
         print(f"  {where}: early kernel {c.kernel_early} pages, movable {c.movable}, other dynamic groups "
               f"need {c.req_kernel_early} early kernel pages and hold {c.dyn_movable} Movable, "
               f"own kernel {c.group_kernel}, asking {c.nr_pages}, limit {c.limit}: {'ok' if c.ok else 'no'}")
+    return EXIT_OK
+
+
+def resolve_mode(machine: Machine, settings: Settings) -> "tuple[str, str]":
+    """The mode in force and why."""
+    has_policy = "online_policy" in machine.kernel_params
+    if settings.mode == "kernel":
+        if not has_policy:
+            return "userspace", "mode kernel asked for, but this kernel has no auto-movable policy (before 5.15)"
+        return "kernel", "mode kernel configured"
+    if settings.mode == "auto":
+        if not has_policy:
+            return "userspace", "mode auto: this kernel has no auto-movable policy (before 5.15)"
+        if settings.needs_userspace():
+            return "userspace", "mode auto: the configuration asks for what only memonlined can do " \
+                                "(a policy other than auto-movable, a kernel floor or overrides)"
+        return "kernel", "mode auto: the kernel has the auto-movable policy and the configuration needs nothing more"
+    return "userspace", "mode userspace configured"
+
+
+def configure_kernel(backend: B.Backend, settings: Settings) -> None:
+    """Kernel mode: the cover letter's target usage, steps 2 and 3."""
+    for rel, value in ((f"{B.PARAMETERS}/online_policy", "auto-movable"),
+                       (f"{B.PARAMETERS}/auto_movable_ratio", str(settings.ratio)),
+                       (f"{B.PARAMETERS}/auto_movable_numa_aware", "Y" if settings.numa_aware else "N"),
+                       (B.AUTO_ONLINE, "online")):
+        backend.write_setting(rel, value)
+        log.info("kernel mode: wrote %s to %s", value, "/" + rel)
+
+
+def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> int:
+    from .daemon import Daemon, make_monitor, notifier
+
+    machine = discover(backend)
+    mode, why = resolve_mode(machine, settings)
+    log.info("mode %s: %s", mode, why)
+    for conflict in find_udev_rules(backend):
+        log.warning("%s", conflict.advice(), extra={"MESSAGE_ID": CONFLICT_MESSAGE_ID, "RULE": conflict.path})
+    if mode == "kernel" and not args.dry_run:
+        configure_kernel(backend, settings)
+    try:
+        monitor = make_monitor(settings)
+    except ImportError:
+        log.error("memonlined run needs pyudev: pip install 'memonlined[daemon]'")
+        return EXIT_CONFIG
+    daemon = Daemon(backend, settings, monitor, reload=load_settings, notify=notifier(),
+                    state_dir=args.state_dir, settle=settings.settle_ms / 1000,
+                    watchdog_usec=int(os.environ.get("WATCHDOG_USEC", "0") or 0), dry_run=args.dry_run,
+                    take_over_auto_online=settings.take_over_auto_online and mode == "userspace",
+                    kernel_mode=mode == "kernel")
+    return daemon.run()
+
+
+def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_path: Optional[str]) -> int:
+    mode, why = resolve_mode(machine, settings)
+    params = machine.kernel_params
+    print(f"kernel: {machine.kernel_release or 'unknown'}; in-kernel auto-movable policy: "
+          + ("yes (online_policy={}, ratio={}, numa_aware={})".format(
+              params.get("online_policy"), params.get("auto_movable_ratio"), params.get("auto_movable_numa_aware"))
+             if "online_policy" in params else "no (before 5.15)"))
+    print(f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}"
+          + ("  <- the kernel onlines hot-plugged memory itself" if machine.auto_online_blocks not in
+             (None, "offline") else ""))
+    print(f"configuration: {config_path or config.DEFAULT_PATH}"
+          + ("" if config_path or os.path.exists(config.DEFAULT_PATH) else " (absent: built-in defaults)"))
+    for name in config.KEYS:
+        print(f"  {name} = {getattr(settings, name)}")
+    for key, value in sorted(settings.overrides.items()):
+        print(f"  override {key} = {value}")
+    print(f"mode in force: {mode} ({why})")
+    print(f"memory blocks: {len(machine.blocks)} of {format_size(machine.block_size)}, "
+          f"{sum(b.state == 'offline' for b in machine.blocks.values())} offline")
+    for name, group in sorted(machine.groups.items()):
+        blocks = [b.index for b in machine.blocks.values() if b.group is group]
+        size = (f"unit {format_size(group.unit_pages * 4096)}" if group.dynamic
+                else f"size {format_size(group.max_pages * 4096)}")
+        print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
+              f"kernel {format_size(group.kernel_pages * 4096)}, movable {format_size(group.movable_pages * 4096)}")
+    conflicts = find_udev_rules(backend)
+    for conflict in conflicts:
+        print("conflict: " + conflict.advice())
+    if not conflicts:
+        print("no udev rule onlines memory blocks")
+    for warning in machine.warnings:
+        print("warning: " + warning)
     return EXIT_OK

@@ -14,6 +14,8 @@ from typing import Callable, Dict, Optional
 from .model import DAX, DIMM, VIRTIO_MEM
 from .policy import OTHER, ZONE_POLICIES, Settings
 
+MODES = ("userspace", "kernel", "auto")
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PATH = "/etc/memonlined/memonlined.conf"
@@ -70,6 +72,17 @@ KEYS: Dict[str, Key] = {
     "kernel_floor_mib": Key("policy", _int_range(0, 1 << 30), "MIB",
                             "per node: hot-plugged memory goes to a kernel zone until the node has this much "
                             "hot-plugged kernel memory"),
+    "mode": Key("daemon", _choice(*MODES), "|".join(MODES),
+                "userspace: memonlined decides and writes; kernel: configure the kernel's own policy "
+                "(5.15+); auto: kernel mode where the kernel can do what the configuration asks"),
+    "settle_ms": Key("daemon", _int_range(0, 10000), "MS",
+                     "gather add events this long before deciding, so a device is decided as a whole"),
+    "take_over_auto_online": Key("daemon", _bool, "yes|no",
+                                 "set auto_online_blocks to offline at start (put back at stop)"),
+    "event_source": Key("daemon", _choice("udev", "kernel"), "udev|kernel",
+                        "uevents from udevd, or straight from the kernel (systems without udevd)"),
+    "receive_buffer_mib": Key("daemon", _int_range(1, 1024), "MIB",
+                              "uevent socket receive buffer; too small loses events in a burst"),
 }
 
 

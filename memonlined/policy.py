@@ -25,6 +25,16 @@ class Settings:
     numa_aware: bool = True          # auto_movable_numa_aware
     kernel_floor_mib: int = 0        # per node: hot-plugged kernel memory to reach before anything goes Movable
     overrides: Dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
+    # The daemon's keys (memonlined run); they do not change a decision.
+    mode: str = "userspace"
+    settle_ms: int = 20
+    take_over_auto_online: bool = True
+    event_source: str = "udev"
+    receive_buffer_mib: int = 16
+
+    def needs_userspace(self) -> bool:
+        """Does this configuration ask for something the kernel's policy cannot do?"""
+        return self.policy != AUTO_MOVABLE or bool(self.overrides) or bool(self.kernel_floor_mib)
 
 
 @dataclass

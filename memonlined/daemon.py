@@ -1,0 +1,352 @@
+"""memonlined run: the udev-driven daemon.
+
+One thread, one selectors loop over the uevent monitor, a signal self-pipe
+and the watchdog timer. A uevent only says which block to look at again;
+sysfs is the truth. Blocks of one device arrive in a burst, so `add` events
+are gathered for a short settle window and the batch is decided together.
+"""
+
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+from typing import Callable, Optional, Set
+
+from . import backend as B
+from .discover import Reader, SystemDataError, discover
+from .model import Machine
+from .planner import Planner
+from .policy import Settings
+from .writer import ALREADY_ONLINE, FAILED, online_blocks
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "handled"
+
+
+class Stop(Exception):
+    pass
+
+
+def block_index(sys_name: str) -> Optional[int]:
+    if sys_name.startswith("memory") and sys_name[6:].isdigit():
+        return int(sys_name[6:])
+    return None
+
+
+class Handled:
+    """The blocks memonlined onlined or saw online in this boot, kept under /run
+    so that a restarted daemon knows which offline blocks an administrator
+    offlined (leave them) and which adds it missed (online them)."""
+
+    def __init__(self, state_dir: Optional[str]):
+        self.path = os.path.join(state_dir, STATE_FILE) if state_dir else None
+        self.blocks: Set[int] = set()
+        self.known = False  # there was a record: this is a restart, not the first start in this boot
+        if self.path and os.path.exists(self.path):
+            try:
+                with open(self.path, encoding="ascii") as f:
+                    self.blocks = {int(w) for w in f.read().split()}
+                self.known = True
+            except (OSError, ValueError) as e:
+                log.warning("%s: unreadable (%s); treating every offline block as not yet handled", self.path, e)
+
+    def save(self) -> None:
+        if not self.path:
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="ascii") as f:
+            f.write("\n".join(map(str, sorted(self.blocks))) + "\n")
+        os.replace(tmp, self.path)
+
+
+class Daemon:
+    def __init__(self, backend: B.Backend, settings: Settings, monitor, *,
+                 reload: Callable[[], Settings], notify: Callable[[str], None],
+                 state_dir: Optional[str] = "/run/memonlined", settle: float = 0.02,
+                 watchdog_usec: int = 0, dry_run: bool = False, take_over_auto_online: bool = True,
+                 kernel_mode: bool = False):
+        self.backend = backend
+        self.settings = settings
+        self.monitor = monitor
+        self.reload_settings = reload
+        self.notify = notify
+        self.settle = settle
+        self.watchdog = watchdog_usec / 1e6 / 2 if watchdog_usec else None
+        self.dry_run = dry_run
+        self.take_over = take_over_auto_online
+        self.kernel_mode = kernel_mode  # the kernel decides; memonlined onlines leftovers and reports
+        self.handled = Handled(state_dir)
+        self.machine: Optional[Machine] = None
+        self.reader: Optional[Reader] = None
+        self.pending: Set[int] = set()
+        self.deadline: Optional[float] = None
+        self.previous_auto_online: Optional[str] = None
+        self.counts = {"onlined": 0, "failed": 0, "conflicts": 0}
+
+    # -- start and stop --------------------------------------------------
+
+    def take_over_auto_online(self) -> None:
+        try:
+            value = self.backend.read(B.AUTO_ONLINE).strip()
+        except OSError:
+            return
+        if value == "offline":
+            return
+        if not self.take_over or self.dry_run:
+            log.warning("the kernel onlines hot-plugged memory itself (auto_online_blocks=%s); "
+                        "memonlined only handles what it leaves offline", value)
+            return
+        self.backend.write_setting(B.AUTO_ONLINE, "offline")
+        self.previous_auto_online = value
+        log.info("took over from the kernel: auto_online_blocks was %s, set to offline "
+                 "(put back on a clean stop)", value)
+
+    def restore_auto_online(self) -> None:
+        if self.previous_auto_online is not None:
+            try:
+                self.backend.write_setting(B.AUTO_ONLINE, self.previous_auto_online)
+                log.info("auto_online_blocks put back to %s", self.previous_auto_online)
+            except OSError as e:
+                log.error("could not put auto_online_blocks back to %s: %s", self.previous_auto_online, e)
+
+    def scan(self) -> None:
+        """Read everything and online the offline blocks that are ours to online:
+        all of them at the first start in a boot; after a restart or lost
+        events, those not handled before (an offline handled block was
+        offlined by an administrator)."""
+        self.machine = discover(self.backend)
+        for warning in self.machine.warnings:
+            log.warning("%s", warning)
+        self.machine.warnings.clear()
+        self.reader = Reader(self.backend, self.machine)
+        self.reader.read_layout()
+        online = {i for i, b in self.machine.blocks.items() if b.state != "offline"}
+        offline = [i for i, b in self.machine.blocks.items() if b.state == "offline"]
+        left = sorted(i for i in offline if i in self.handled.blocks)
+        if left:
+            log.info("leaving %d offline blocks alone that were online before (offlined by an administrator): %s",
+                     len(left), _ranges(left))
+        self.handled.blocks = (self.handled.blocks & set(self.machine.blocks)) | online
+        self._online([i for i in offline if i not in self.handled.blocks])
+
+    def _online(self, indexes) -> None:
+        if self.kernel_mode:
+            self._online_by_kernel(indexes)
+            return
+        if not indexes:
+            self.handled.save()
+            return
+        planner = Planner(self.machine, self.settings)
+        for outcome in online_blocks(self.backend, planner, indexes, self.dry_run):
+            if outcome.zone is not None:
+                self.handled.blocks.add(outcome.decision.block)
+            if outcome.result == FAILED:
+                self.counts["failed"] += 1
+            elif outcome.result == ALREADY_ONLINE:
+                self.counts["conflicts"] += 1
+            else:
+                self.counts["onlined"] += 1
+        self.handled.save()
+
+    def _online_by_kernel(self, indexes) -> None:
+        """Kernel mode: a plain `online` lets the kernel's own policy pick the zone."""
+        for index in sorted(indexes):
+            if self.dry_run:
+                log.info("memory%d: would write online (the kernel's policy picks the zone)", index)
+                continue
+            try:
+                self.backend.write_block_state(index, "online")
+            except OSError as e:
+                log.error("memory%d: online failed (%s); the block stays offline", index, e.strerror)
+                self.counts["failed"] += 1
+                continue
+            self.refresh(index)
+            block = self.machine.blocks.get(index)
+            log.info("memory%d: the kernel onlined it to %s", index, block.zone if block else "?")
+            self.counts["onlined"] += 1
+        self.handled.save()
+
+    def status(self) -> str:
+        m = self.machine
+        online = sum(1 for b in m.blocks.values() if b.state != "offline")
+        return (f"{online} of {len(m.blocks)} blocks online; onlined {self.counts['onlined']}, "
+                f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
+
+    # -- events -----------------------------------------------------------
+
+    def on_event(self, action: str, sys_name: str) -> None:
+        index = block_index(sys_name)
+        if index is None:
+            return
+        if action == "add":
+            self.pending.add(index)
+            if self.deadline is None:
+                self.deadline = time.monotonic() + self.settle
+        elif action in ("online", "offline", "change"):
+            if index in self.pending:
+                return  # the batch will read it
+            self.refresh(index)
+        elif action == "remove":
+            block = self.machine.blocks.pop(index, None)
+            if block is not None:
+                self.machine.remove_online(block)
+            self.handled.blocks.discard(index)
+            self.pending.discard(index)
+        # other actions (bind, move, ...) say nothing about memory
+
+    def refresh(self, index: int) -> None:
+        """Re-read one block and move the model's accounting to what it says."""
+        old = self.machine.blocks.pop(index, None)
+        if old is not None:
+            self.machine.remove_online(old)
+        block = self.reader.read_block(index)
+        if block is None:
+            return
+        self.machine.blocks[index] = block
+        if block.state != "offline":
+            self.machine.add_online(block, block.zone)
+            self.handled.blocks.add(index)
+
+    def process_batch(self) -> None:
+        batch, self.pending, self.deadline = sorted(self.pending), set(), None
+        self.reader.read_layout()  # new devices bring new iomem resources
+        for index in batch:
+            self.refresh(index)
+        self.reader.size_dimms()
+        for warning in self.machine.warnings:
+            log.warning("%s", warning)
+        self.machine.warnings.clear()
+        for index in batch:
+            block = self.machine.blocks.get(index)
+            if block is not None and block.state != "offline" and self.kernel_mode:
+                log.info("memory%d: onlined by the kernel to %s (%s)", index, block.zone, block.device)
+            elif block is not None and block.state != "offline":
+                log.warning("memory%d: was already online in %s when memonlined got to it "
+                            "(onlined by someone else)", index, block.zone)
+                self.counts["conflicts"] += 1
+        self._online([i for i in batch if i in self.machine.blocks and self.machine.blocks[i].state == "offline"])
+        self.notify("STATUS=" + self.status())
+
+    # -- the loop -----------------------------------------------------------
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the exit code."""
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wsock.fileno())
+        handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        selector = selectors.DefaultSelector()
+        try:
+            self.monitor.start()  # before the scan, so no add between the two is lost
+            self.take_over_auto_online()
+            self.scan()
+            self.notify("READY=1\nSTATUS=" + self.status())
+            log.info("ready: %s", self.status())
+            selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
+            selector.register(rsock, selectors.EVENT_READ, "signal")
+            next_watchdog = time.monotonic()
+            while True:
+                now = time.monotonic()
+                if self.watchdog is not None and now >= next_watchdog:
+                    self.notify("WATCHDOG=1")
+                    next_watchdog = now + self.watchdog
+                timeouts = [t - now for t in (self.deadline, next_watchdog if self.watchdog else None) if t]
+                timeout = max(0.0, min(timeouts)) if timeouts else None
+                for key, _ in selector.select(timeout):
+                    if key.data == "signal":
+                        self._signals(rsock)
+                    else:
+                        self._drain()
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.process_batch()
+        except Stop:
+            self.notify("STOPPING=1")
+            log.info("stopping: %s", self.status())
+            self.restore_auto_online()
+            return 0
+        finally:
+            selector.close()
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            rsock.close()
+            wsock.close()
+
+    def _signals(self, rsock) -> None:
+        try:
+            data = rsock.recv(64)
+        except BlockingIOError:
+            return
+        for signum in data:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.pending:
+                    self.process_batch()  # finish what was started: nothing half-done
+                raise Stop()
+            if signum == signal.SIGHUP:
+                self.notify("RELOADING=1")
+                try:
+                    self.settings = self.reload_settings()
+                    log.info("configuration reloaded")
+                except Exception as e:  # noqa: BLE001 - any bad config keeps the old one
+                    log.error("%s; keeping the configuration in force", e)
+                self.notify("READY=1")
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                device = self.monitor.poll(timeout=0)
+            except OSError as e:
+                log.warning("uevents may have been lost (%s): rescanning every block", e)
+                self.pending.clear()
+                self.deadline = None
+                try:
+                    self.scan()
+                except SystemDataError as err:
+                    log.error("%s", err)
+                return
+            if device is None:
+                return
+            self.on_event(device.action, device.sys_name)
+
+
+def _ranges(indexes) -> str:
+    out, start, prev = [], None, None
+    for i in sorted(indexes):
+        if start is None:
+            start = prev = i
+        elif i == prev + 1:
+            prev = i
+        else:
+            out.append(f"{start}-{prev}" if prev > start else str(start))
+            start = prev = i
+    if start is not None:
+        out.append(f"{start}-{prev}" if prev > start else str(start))
+    return ",".join(out)
+
+
+def make_monitor(settings: Settings):
+    """A pyudev monitor of memory block uevents."""
+    import pyudev
+
+    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=settings.event_source)
+    monitor.filter_by("memory")
+    try:
+        monitor.set_receive_buffer_size(settings.receive_buffer_mib << 20)
+    except OSError as e:  # needs CAP_NET_ADMIN beyond rmem_max
+        log.warning("could not set the uevent receive buffer to %d MiB (%s); bursts may lose events, "
+                    "which makes memonlined rescan", settings.receive_buffer_mib, e)
+    return monitor
+
+
+def notifier() -> Callable[[str], None]:
+    """sd_notify through systemd-python; a no-op outside systemd."""
+    if not os.environ.get("NOTIFY_SOCKET"):
+        return lambda state: None
+    from systemd import daemon as sd_daemon
+
+    return lambda state: sd_daemon.notify(state)

@@ -1,0 +1,51 @@
+"""A Backend whose writes go to the fake kernel, which reacts like the real one."""
+
+import io
+import json
+import os
+from contextlib import redirect_stdout
+
+from memonlined.backend import SETTINGS, Backend
+from memonlined.cli import main
+
+
+class KernelBackend(Backend):
+    def __init__(self, kernel):
+        super().__init__(kernel.root)
+        self.kernel = kernel
+        self.writes = []
+
+    def write_block_state(self, index, value):
+        self.writes.append((index, value))
+        self.kernel.write_state(index, value)
+
+    def write_setting(self, rel, value):
+        assert rel in SETTINGS, rel  # the real backend's whitelist
+        if rel.endswith("auto_online_blocks"):
+            self.kernel.set_param("auto_online_blocks", value)
+        else:
+            self.kernel.set_param(os.path.basename(rel), value)
+
+
+def memonlined(kernel, *args, backend=None):
+    """Run the memonlined command line against KERNEL; (exit code, stdout)."""
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main(["--config", os.devnull, "--root", kernel.root, *args], backend=backend or KernelBackend(kernel))
+    return rc, out.getvalue()
+
+
+def plan(kernel, *options):
+    """memonlined's dry-run prediction: {block: zone}."""
+    rc, out = memonlined(kernel, *options, "online", "--dry-run", "--json")
+    assert rc == 0, out
+    return {d["block"]: d["zone"] for d in json.loads(out)["decisions"]}
+
+
+def kernel_online_all(kernel):
+    """What the kernel's own policy does: a plain `online` of every offline
+    block in ascending order."""
+    for index, zone in sorted(kernel.layout().items()):
+        if zone is None:
+            kernel.write_state(index, "online")
+    return kernel.layout()

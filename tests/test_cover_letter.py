@@ -1,0 +1,42 @@
+"""The kernel series' two examples, as the real 6.1 kernel produced them in a
+guest (KERNEL-NOTES section 3), done by memonlined on the fake kernel with
+the kernel's own policy switched off (contig-zones, as on 5.10)."""
+
+from fakekernel import FakeKernel
+from kernelbackend import memonlined
+
+GiB = 1 << 30
+
+
+def zones(kernel, first, last):
+    layout = kernel.layout()
+    return [layout[i] for i in range(first, last + 1)]
+
+
+def test_five_dimms_hot_plugged_one_by_one(tmp_path):
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    for _ in range(5):
+        kernel.add_dimm(4 * GiB)
+        assert memonlined(kernel, "online")[0] == 0
+    assert zones(kernel, 48, 143) == ["Movable"] * 96
+    assert zones(kernel, 144, 207) == ["Normal"] * 64
+
+
+def test_five_dimms_present_at_once(tmp_path):
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    for _ in range(5):
+        kernel.add_dimm(4 * GiB)
+    assert memonlined(kernel, "online")[0] == 0
+    assert zones(kernel, 48, 143) == ["Movable"] * 96
+    assert zones(kernel, 144, 207) == ["Normal"] * 64
+
+
+def test_virtio_mem_grown_to_16g(tmp_path):
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    vm = kernel.add_virtio_mem(16 * GiB)
+    for _ in range(128):
+        kernel.virtio_mem_plug(vm, 128 << 20)
+        assert memonlined(kernel, "online")[0] == 0
+    assert zones(kernel, 48, 143) == ["Movable"] * 96
+    # then Normal 144, Movable 145-147, Normal 148, Movable 149-151, ... up to 175
+    assert zones(kernel, 144, 175) == ["Normal", "Movable", "Movable", "Movable"] * 8
