@@ -48,15 +48,17 @@ def test_a_dimm_is_wholly_movable_or_wholly_normal(tmp_path):
 
 def test_a_dimm_partly_in_a_kernel_zone_stays_there(tmp_path):
     t = Twins(tmp_path)
-    t.do("add_dimm", 12 * GiB)
+    vm = t.do("add_virtio_mem", 16 * GiB)
+    grown = t.do("virtio_mem_plug", vm, 12 * GiB)
     t.do("add_dimm", GiB)
-    t.online()                                     # 48-143 Movable, 144-151 Normal
-    for index in range(48, 80):                    # an administrator frees ratio room ...
-        t.do("write_state", index, "offline")
-    t.do("write_state", 151, "offline")            # ... and offlines a block of the Normal DIMM
+    layout = t.online()                            # the room is used up: the DIMM goes Normal
+    dimm_blocks = sorted(i for i in layout if i > grown[-1])
+    assert {layout[i] for i in dimm_blocks} == {"Normal"}
+    for index in grown[-16:]:                      # virtio-mem gives 2 GiB back: room again ...
+        t.do("virtio_mem_unplug_block", vm, index)
+    t.do("write_state", dimm_blocks[-1], "offline")  # ... and an administrator offlines a DIMM block
     layout = t.online()
-    assert layout[151] == "Normal"                 # room again, but the DIMM already has kernel memory
-    assert {layout[i] for i in range(48, 80)} == {"Movable"}
+    assert layout[dimm_blocks[-1]] == "Normal"     # the DIMM already has kernel memory: it stays there
 
 
 def test_virtio_mem_kernel_memory_buys_room_for_that_device_only(tmp_path):
