@@ -27,11 +27,16 @@ class KernelBackend(Backend):
             self.kernel.set_param(os.path.basename(rel), value)
 
 
-def memonlined(kernel, *args, backend=None):
-    """Run the memonlined command line against KERNEL; (exit code, stdout)."""
+def memonlined(kernel, *args):
+    """Run the memonlined command line against KERNEL (a fake kernel, or the
+    path of a recorded tree); (exit code, stdout)."""
     out = io.StringIO()
+    if isinstance(kernel, str):
+        root, backend = kernel, Backend(kernel)
+    else:
+        root, backend = kernel.root, KernelBackend(kernel)
     with redirect_stdout(out):
-        rc = main(["--config", os.devnull, "--root", kernel.root, *args], backend=backend or KernelBackend(kernel))
+        rc = main(["--config", os.devnull, "--root", root, *args], backend=backend)
     return rc, out.getvalue()
 
 
