@@ -81,6 +81,16 @@ def setup_logging(level: str) -> None:
 
 def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None) -> int:
     """BACKEND replaces the one --root would build (the tests' fake kernel)."""
+    try:
+        return _main(argv, backend)
+    except BrokenPipeError:  # `memonlined status | head`
+        sys.stderr.close()
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+def _main(argv, backend) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     backend = backend or B.Backend(args.root)
@@ -134,7 +144,8 @@ def cmd_online(backend: B.Backend, machine: Machine, settings: Settings, dry_run
     if not outcomes:
         log.info("no offline memory blocks: nothing to do")
     if as_json:
-        print(json.dumps({"decisions": [o.as_json() for o in outcomes]}, indent=1))
+        # One decision a line; json.dumps without indent is the fast C encoder.
+        print('{"decisions": [' + ",\n ".join(json.dumps(o.as_json()) for o in outcomes) + "]}")
     else:
         for o in outcomes:
             print(f"memory{o.decision.block}\t{o.zone or '-'}\t{o.result}\t{o.decision.device}\t{o.decision.reason}")

@@ -71,15 +71,13 @@ def _overlaps(ranges: List[Tuple[int, int]], starts: List[int], start: int, end:
     return i >= 0 and ranges[i][1] > start
 
 
-def read_block(backend: B.Backend, index: int) -> Tuple[str, Tuple[str, ...], Optional[int], Optional[str]]:
-    """(state, valid_zones, node, firmware node) of one block. Raises OSError
-    (gone or unreadable) or ParseError (garbled); the caller says which file."""
+def read_block(backend: B.Backend, index: int, node: Optional[int] = None):
+    """(state, valid_zones, node) of one block. Raises OSError (gone or
+    unreadable) or ParseError (garbled); the caller says which file."""
     d = B.block_dir(index)
     state = parse_state(backend.read(f"{d}/state"))
     valid_zones = parse_valid_zones(backend.read(f"{d}/valid_zones"))
-    node = backend.block_node(index)
-    firmware = backend.readlink(f"{d}/firmware_node")
-    return state, valid_zones, node, firmware
+    return state, valid_zones, node if node is not None else backend.block_node(index)
 
 
 class Reader:
@@ -126,12 +124,12 @@ class Reader:
     def read_probes(self) -> None:
         self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log()])
 
-    def read_block(self, index: int) -> Optional[Block]:
+    def read_block(self, index: int, node: Optional[int] = None) -> Optional[Block]:
         """Read and classify one block; None (with a warning where worth one)
-        when it is gone, unreadable or garbled."""
+        when it is gone, unreadable or garbled. NODE: its node if known."""
         machine = self.machine
         try:
-            state, valid_zones, node, firmware = read_block(self.backend, index)
+            state, valid_zones, node = read_block(self.backend, index, node)
         except FileNotFoundError:
             return None  # removed while we looked (virtio-mem unplug): nothing to do
         except OSError as e:
@@ -148,16 +146,21 @@ class Reader:
         if res is not None:
             group = machine.groups.get(res[2])
             if group is None:
-                group = machine.groups[res[2]] = self._driver_group(res, node)
+                group = machine.add_group(self._driver_group(res, node))
             return Block(index, state, node, valid_zones, False, group)
+        # The link is read only where the address does not already tell.
+        firmware = None
         if self.e820 is not None:
             early = _overlaps(self.e820, self._e820_starts, start, start + machine.block_size)
         else:
+            firmware = self.backend.readlink(f"{B.block_dir(index)}/firmware_node")
             early = firmware is None
         if early:
             # Boot memory, even where an ACPI memory device describes it: the
             # kernel put it in no group (add_memory() failed with -EEXIST).
             return Block(index, state, node, valid_zones, True, None)
+        if firmware is None:
+            firmware = self.backend.readlink(f"{B.block_dir(index)}/firmware_node")
         name = None
         if firmware is not None and "PNP0C80" in firmware:
             name = os.path.basename(firmware)
@@ -168,7 +171,7 @@ class Reader:
         if name is not None:
             group = machine.groups.get(name)
             if group is None:
-                group = machine.groups[name] = Group(name, DIMM, node, dynamic=False)
+                group = machine.add_group(Group(name, DIMM, node, dynamic=False))
         return Block(index, state, node, valid_zones, False, group)
 
     def _driver_group(self, res, node) -> Group:
@@ -223,8 +226,9 @@ def discover(backend: B.Backend) -> Machine:
                                 "taking memory without a device as boot memory")
     if reader.drivers:
         reader.read_probes()
+    nodes = backend.node_blocks()
     for index in backend.block_indexes():
-        block = reader.read_block(index)
+        block = reader.read_block(index, nodes.get(index))
         if block is not None:
             machine.blocks[index] = block
     reader.size_dimms()

@@ -78,6 +78,21 @@ class Machine:
     kernel_release: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
 
+    _dynamic: Dict[Optional[int], List[Group]] = field(default_factory=dict, repr=False)
+
+    def add_group(self, group: Group) -> Group:
+        self.groups[group.name] = group
+        self._dynamic.clear()
+        return group
+
+    def dynamic_groups(self, node: Optional[int] = None) -> List[Group]:
+        """The dynamic groups on NODE (None: all). Cached: asked for at every
+        decision, while groups change only when devices come (add_group)."""
+        if node not in self._dynamic:
+            self._dynamic[node] = [g for g in self.groups.values()
+                                   if g.dynamic and (node is None or g.node == node)]
+        return self._dynamic[node]
+
     @property
     def block_pages(self) -> int:
         return self.block_size // 4096

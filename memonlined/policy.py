@@ -107,7 +107,7 @@ def system_stats(machine: Machine) -> NodeStats:
 
 
 def dynamic_groups(machine: Machine, node: Optional[int] = None) -> List[Group]:
-    return [g for g in machine.groups.values() if g.dynamic and (node is None or g.node == node)]
+    return machine.dynamic_groups(node)
 
 
 def _pages_to_online(machine: Machine, block: Block) -> "tuple[Optional[int], str]":
