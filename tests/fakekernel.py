@@ -59,7 +59,8 @@ NODE_STAT_ITEMS = (
     "nr_vmscan_immediate_reclaim", "nr_dirtied", "nr_written",
     "nr_throttled_written", "nr_kernel_misc_reclaimable",
     "nr_foll_pin_acquired", "nr_foll_pin_released", "nr_kernel_stack",
-    "nr_page_table_pages", "nr_swapcached",
+    "nr_page_table_pages", "nr_sec_page_table_pages", "nr_swapcached",
+    "pgpromote_success", "pgpromote_candidate",
 )
 ZONE_STAT_ITEMS = (
     "nr_free_pages", "nr_zone_inactive_anon", "nr_zone_active_anon",
@@ -206,7 +207,7 @@ class FakeKernel:
                  auto_online="offline", kernel_version=(6, 1),
                  memmap_on_memory=False, reserved=None, boot_acpi=False,
                  coldplug_dimms=(), nodes=(), cpus=2, iomem_as_root=True,
-                 kmsg_dict=True, back_links=False):
+                 kmsg_dict=True, back_links=False, eager_valid_zones=True):
         if block_size % (PAGES_PER_SECTION * PAGE_SIZE):
             raise ValueError("block size must be a multiple of the 128 MiB section")
         self.root = os.fspath(root)
@@ -226,6 +227,10 @@ class FakeKernel:
         # nodeK/memoryN and PNP0C80:XX/physical_node links exist on a real
         # machine too, but cost a syscall each and nothing reads them.
         self.back_links = back_links
+        # Eager: every change leaves every valid_zones file right, which
+        # costs a rewrite of all of a group's offline blocks each time the
+        # group's answer flips.  Lazy: call refresh_valid_zones() yourself.
+        self.eager_valid_zones = eager_valid_zones
         self.cpus = cpus
         self.movable_node_enabled = False
 
@@ -269,39 +274,48 @@ class FakeKernel:
     # boot
 
     def _e820_firmware(self, reserved):
-        """The BIOS E820 table (what boot_params and /sys/firmware/memmap show)."""
-        table = []
-        for nid in sorted(self.boot_ram):
-            for start, size in self.boot_ram[nid]:
-                if start == 0 and size > 0x100000:
-                    table += [(0, 0x9fc00, E820_RAM), (0x9fc00, 0x400, E820_RESERVED),
-                              (0xf0000, 0x10000, E820_RESERVED),
-                              (0x100000, size - 0x100000, E820_RAM)]
-                else:
-                    table.append((start, size, E820_RAM))
+        """The BIOS E820 table (what boot_params and /sys/firmware/memmap
+        show) and each node's RAM in it.  ``reserved`` ranges that overlap
+        RAM cut holes in it (QEMU reserves 0x7ffe0000-0x7fffffff, say)."""
+        low = [(0x9fc00, 0x400), (0xf0000, 0x10000)]    # EBDA, BIOS ROM
         if reserved is None:
-            # What QEMU's firmware reserves below 4 GiB.
-            reserved = [(0xfeffc000, 0x4000), (0xfffc0000, 0x40000)]
-        for start, size in reserved:
-            if not any(s < start + size and start < s + z for s, z, _ in table):
-                table.append((start, size, E820_RESERVED))
-        return sorted(table)
+            # What QEMU 7.2 + SeaBIOS reserve (recorded on a Debian 6.1
+            # guest): the top 132 KiB of low RAM, MMCONFIG, the TCO window,
+            # the BIOS and the 64-bit reserved area.
+            reserved = [(0xb0000000, 0x10000000), (0xfed1c000, 0x4000),
+                        (0xfffc0000, 0x40000), (0xfd00000000, 0x300000000)]
+            reserved = [(s, z) for s, z in reserved
+                        if not any(a < s + z and s < a + b
+                                   for r in self.boot_ram.values() for a, b in r)]
+            for r in self.boot_ram.values():
+                reserved += [(a + b - 0x21000, 0x21000) for a, b in r
+                             if a == 0 and 0x100000 < b <= 0xb0000000]
+        ram_by_node, table = {}, []
+        for nid in sorted(self.boot_ram):
+            ranges = [(s, s + z) for s, z in self.boot_ram[nid]]
+            holes = list(reserved)
+            if any(s < 0x100000 < e for s, e in ranges):
+                holes.append((0x9fc00, 0x100000 - 0x9fc00))   # no RAM up to 1 MiB
+                table += [(s, z, E820_RESERVED) for s, z in low]
+            for hs, hz in holes:
+                cut = []
+                for s, e in ranges:
+                    cut += [r for r in ((s, min(e, hs)), (max(s, hs + hz), e)) if r[0] < r[1]]
+                ranges = cut
+            ram_by_node[nid] = ranges
+            table += [(s, e - s, E820_RAM) for s, e in ranges]
+        for s, z in reserved:
+            if (s, z, E820_RESERVED) not in table:
+                table.append((s, z, E820_RESERVED))
+        return sorted(table), ram_by_node
 
     def _build_boot(self, cma, reserved, extra_nodes):
-        self.e820 = self._e820_firmware(reserved)
-        # memblock: RAM in pfns; arch/x86 trim_bios_range() takes page 0 away.
+        self.e820, ram_by_node = self._e820_firmware(reserved)
+        # memblock: RAM in whole pages; trim_bios_range() takes page 0 away.
         self.memblock = {}
-        for nid in sorted(self.boot_ram):
-            ranges = []
-            for start, size in self.boot_ram[nid]:
-                pieces = ([(0, 0x9fc00), (0x100000, start + size)]
-                          if start == 0 and size > 0x100000 else [(start, start + size)])
-                for s, e in pieces:
-                    ps, pe = PFN_UP(s), PFN_DOWN(e)
-                    ps = max(ps, 1)
-                    if ps < pe:
-                        ranges.append((ps, pe))
-            self.memblock[nid] = ranges
+        for nid, ranges in ram_by_node.items():
+            pfns = [(max(PFN_UP(s), 1), PFN_DOWN(e)) for s, e in ranges]
+            self.memblock[nid] = [(ps, pe) for ps, pe in pfns if ps < pe]
         lowest = min((r[0][0] for r in self.memblock.values() if r), default=0)
         for nid in sorted(set(self.boot_ram) | set(extra_nodes) | {0}):
             self._try_online_node(nid, write=False)
@@ -1014,8 +1028,9 @@ class FakeKernel:
         """A virtio-mem device probed with nothing plugged
         (drivers/virtio/virtio_mem.c virtio_mem_init()): its region resource,
         its dynamic group and the probe messages."""
-        # Subblocks span at least MAX_ORDER_NR_PAGES (4 MiB) and pageblock_nr_pages.
-        sb_size = max(4 << 20, 2 << 20, device_block_size)
+        # Subblocks span at least a pageblock (2 MiB); since 5.19 no longer
+        # MAX_ORDER_NR_PAGES (a 6.1 guest logs "subblock size: 0x200000").
+        sb_size = max(2 << 20, device_block_size)
         in_sbm = sb_size < self.block_size and not bbm
         bb_size = max(device_block_size, self.block_size)
         unit = self.block_size if in_sbm else bb_size
@@ -1039,8 +1054,15 @@ class FakeKernel:
             log("subblock size: 0x%x" % sb_size)
         else:
             log("big block size: 0x%x" % bb_size)
+        dev.extra["log"] = log
+        self._log_sizes(dev, 0)
         self._flush(zoneinfo=False, iomem=True)
         return name
+
+    def _log_sizes(self, dev, requested):
+        # virtio_mem_refresh_config(), on probe and each config change
+        dev.extra["log"]("plugged size: 0x%x" % (len(dev.blocks) * self.block_size))
+        dev.extra["log"]("requested size: 0x%x" % requested)
 
     def virtio_mem_plug(self, name, size):
         """Plug ``size`` more bytes: adds the lowest unused memory blocks
@@ -1050,6 +1072,7 @@ class FakeKernel:
         if size % unit:
             raise ValueError("size must be a multiple of %#x" % unit)
         new = []
+        self._log_sizes(dev, len(dev.blocks) * self.block_size + size)
         with self.batch():
             units = range(dev.start // unit, (dev.start + dev.size) // unit)
             free = [u for u in units if u * unit // self.block_size not in dev.blocks]
@@ -1067,6 +1090,7 @@ class FakeKernel:
         unit_blocks = dev.extra["unit"] // self.block_size
         first = ALIGN_DOWN(index, unit_blocks)
         removed = [b for b in range(first, first + unit_blocks) if b in dev.blocks]
+        self._log_sizes(dev, (len(dev.blocks) - len(removed)) * self.block_size)
         with self.batch():
             for b in removed:
                 self.remove_block(b)
@@ -1160,22 +1184,28 @@ class FakeKernel:
                     for z in n.node_zones[:ZONE_NORMAL])
         if low != self._low_spans:
             self._low_spans, self._vz_full = low, True
-        offline = [m for m in self.blocks.values() if m.state != "online"]
         if not self._auto_movable_policy():
             # contig-zones depends on every zone span: recompute all.
-            for mem in offline:
+            for mem in self.blocks.values():
+                if mem.state == "online":
+                    continue
                 self._write_vz(mem.index, self._valid_zones_text(mem))
             self._vz_pending.clear()
             self._vz_index = None
             self._vz_full = True
             return
         if self._vz_full or self._vz_index is None:
+            offline = [m for m in self.blocks.values() if m.state != "online"]
             self._vz_index = {}
             for mem in offline:
                 self._vz_index.setdefault(self._decision_key(mem), set()).add(mem.index)
             self._vz_decision = {}
             self._vz_pending = {m.index for m in offline}
             self._vz_full = False
+        # Above every DMA/DMA32 span, default_kernel_zone_for_pfn() is
+        # Normal whatever the range: the text is one of two constants.
+        low_end = {nid: max(z.zone_end_pfn() for z in p.node_zones[:ZONE_NORMAL])
+                   for nid, p in self.nodes.items()}
         for key, members in self._vz_index.items():
             rep = self.blocks[next(iter(members))]
             zone = self.zone_for_pfn_range(MMOP_ONLINE, rep.nid, rep.group, rep.start_pfn,
@@ -1184,10 +1214,14 @@ class FakeKernel:
             changed = self._vz_decision.get(key) != movable
             self._vz_decision[key] = movable
             todo = members if changed else (members & self._vz_pending)
+            fast = "Movable Normal\n" if movable else "Normal Movable\n"
             for b in todo:
                 mem = self.blocks[b]
-                dz = zone if movable else None
-                self._write_vz(b, self._valid_zones_text(mem, dz))
+                base = key[2] if len(key) == 3 else mem.start_pfn
+                if base >= low_end[mem.nid]:
+                    self._write_vz(b, fast)
+                else:
+                    self._write_vz(b, self._valid_zones_text(mem, zone if movable else None))
         self._vz_pending.clear()
 
     # ------------------------------------------------------------------
@@ -1266,16 +1300,27 @@ class FakeKernel:
                             (0x2e7c000, 0x31fffff, "Kernel bss", [])]
                 first_ram = False
             top.append((start, end, "System RAM", children))
-        # Legacy ROM areas and the firmware window where no RAM is.
+        # The legacy ROMs and the 32-bit PCI window of a QEMU q35 guest,
+        # where there is no RAM (as recorded on a Debian 6.1 guest).
+        wrap = {(0xf0000, 0xfffff, "Reserved"): (0xf0000, 0xfffff, "System ROM", []),
+                (0xfed00000, 0xfed003ff, "HPET 0"): (0xfed00000, 0xfed003ff, "PNP0103:00", []),
+                (0xb0000000, 0xbfffffff, "Reserved"): (0xb0000000, 0xbfffffff, "pnp 00:04", [])}
+        top = [(s, e, n, [wrap[(s, e, n)]] if (s, e, n) in wrap else c) for s, e, n, c in top]
+        low_end = max((e + 1 for s, e, _, _ in top if e < 0xb0000000), default=0)
         decor = [(0xa0000, 0xbffff, "PCI Bus 0000:00", []),
-                 (0xc0000, 0xc99ff, "Video ROM", []),
-                 (0xfed00000, 0xfed003ff, "HPET 0", []),
+                 (0xc0000, 0xc05ff, "Video ROM", []),
+                 (max(low_end, 0x80000000), 0xafffffff, "PCI Bus 0000:00", []),
+                 (0xc0000000, 0xfebfffff, "PCI Bus 0000:00", []),
+                 (0xfec00000, 0xfec003ff, "IOAPIC 0", []),
+                 (0xfed00000, 0xfed003ff, "HPET 0", [(0xfed00000, 0xfed003ff, "PNP0103:00", [])]),
                  (0xfee00000, 0xfee00fff, "Local APIC", [])]
         for d in decor:
-            if not any(s <= d[1] and d[0] <= e for s, e, _, _ in top):
+            if d[0] < d[1] and not any(s <= d[1] and d[0] <= e for s, e, _, _ in top):
                 top.append(d)
-        top = [(s, e, n, [(0xf0000, 0xfffff, "System ROM", [])]) if (s, e, n) == (0xf0000, 0xfffff, "Reserved")
-               else (s, e, n, c) for s, e, n, c in top]
+        # MMCONFIG claims its e820 reservation as a child
+        top = [(s, e, "PCI MMCONFIG 0000 [bus 00-ff]", [(s, e, n, c)])
+               if (s, e, n) == (0xb0000000, 0xbfffffff, "Reserved") else (s, e, n, c)
+               for s, e, n, c in top]
         bs = self.block_size
         for dev in self.devices.values():
             if dev.extra.get("boot"):
@@ -1328,7 +1373,8 @@ class FakeKernel:
     def _flush(self, zoneinfo=True, iomem=True):
         if self._defer:
             return
-        self.refresh_valid_zones()
+        if self.eager_valid_zones:
+            self.refresh_valid_zones()
         proc = os.path.join(self.root, "proc")
         os.makedirs(proc, exist_ok=True)
         if zoneinfo:

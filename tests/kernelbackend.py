@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import threading
 from contextlib import redirect_stdout
 
 from memonlined.backend import SETTINGS, Backend
@@ -14,13 +15,19 @@ class KernelBackend(Backend):
         super().__init__(kernel.root)
         self.kernel = kernel
         self.writes = []
+        self.lock = threading.RLock()  # the daemon tests change the kernel from a second thread
 
     def write_block_state(self, index, value):
         self.writes.append((index, value))
-        self.kernel.write_state(index, value)
+        with self.lock:
+            self.kernel.write_state(index, value)
 
     def write_setting(self, rel, value):
         assert rel in SETTINGS, rel  # the real backend's whitelist
+        with self.lock:
+            self._write_setting(rel, value)
+
+    def _write_setting(self, rel, value):
         if rel.endswith("auto_online_blocks"):
             self.kernel.set_param("auto_online_blocks", value)
         else:

@@ -20,6 +20,7 @@ A session writes several step dirs when one guest goes through rounds.
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 
@@ -42,8 +43,11 @@ for n in $blocks; do echo "$n $(cat memory$n/state) $(cat memory$n/valid_zones)"
 
 
 def boot(suite, append=(), **kw):
-    g = Guest(kernel(suite), rwdirs=[DATA], append=append, **kw).__enter__()
-    print(f"  booted {suite} in {g.boot_seconds:.0f}s", flush=True)
+    return Guest(kernel(suite), rwdirs=[DATA], append=append, **kw)
+
+
+def booted(g):
+    print(f"  booted {g.vmlinuz} in {g.boot_seconds:.0f}s", flush=True)
     return g
 
 
@@ -76,6 +80,7 @@ def record(g, name, policy="auto-movable"):
     params = "/sys/module/memory_hotplug/parameters"
     info = g.sh(f"uname -r; cat /proc/cmdline; cat {params}/auto_movable_ratio {params}/auto_movable_numa_aware"
                 " 2>/dev/null || true").stdout.splitlines()
+    t1 = time.monotonic()
     zones = {}
     for line in g.sh(ONLINE_ALL).stdout.splitlines():
         n, state, valid = line.split(" ", 2)
@@ -86,7 +91,8 @@ def record(g, name, policy="auto-movable"):
               "zones": zones, "devices": devices}
     with open(os.path.join(out, "kernel-layout.json"), "w") as f:
         json.dump(layout, f, indent=1)
-    print(f"  {name}: {summary(zones)} ({time.monotonic() - t0:.0f}s)", flush=True)
+    print(f"  {name}: {summary(zones)} (capture {t1 - t0:.0f}s, online {time.monotonic() - t1:.0f}s)",
+          flush=True)
 
 
 def summary(zones):
@@ -103,6 +109,7 @@ def summary(zones):
 def dimm_session(name, sizes, suite="bookworm", append=AUTO_MOVABLE, policy="auto-movable"):
     def run():
         with boot(suite, append) as g:
+            booted(g)
             count, dimm_blocks = blocks(g), 0
             for i, size in enumerate(sizes):  # one by one, as a host would
                 g.add_dimm(f"d{i}", size)
@@ -121,6 +128,7 @@ def virtio_mem_session(name, steps, append=AUTO_MOVABLE, numa=(), nodes=(None,),
         for i, node in enumerate(nodes):
             opts += virtio_mem_opts(f"vm{i}", 16 * GiB, node=node, block_size=block_size)
         with boot("bookworm", append, numa=numa, qemu_opts=opts) as g:
+            booted(g)
             g.sh("modprobe virtio_mem")
             for k, sizes in enumerate(steps, 1):
                 count = blocks(g)
@@ -153,6 +161,9 @@ SESSIONS = {
 
 
 def main(names):
+    # Unwind (and so kill the guest) on SIGTERM, and on SIGINT even when started in the background.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for name in names or SESSIONS:
         t0 = time.monotonic()
         print(f"{name}:", flush=True)

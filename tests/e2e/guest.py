@@ -130,6 +130,8 @@ class Guest:
         self.close()
 
     def start(self):
+        if self.proc is not None:
+            raise GuestError("guest already started")
         # Short path: QMP's unix socket path is limited to 108 bytes.
         self.workdir = tempfile.mkdtemp(prefix="memonlined-e2e-", dir="/tmp")
         self.share = os.path.join(self.workdir, "share")

@@ -1,0 +1,223 @@
+"""memonlined run: the daemon's loop against the fake kernel and a fake
+uevent monitor. The daemon runs in the test's main thread (signals are
+delivered there); a helper thread plays the hypervisor and the administrator."""
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from fakekernel import FakeKernel
+from fakemonitor import FakeMonitor
+from kernelbackend import KernelBackend, kernel_online_all
+from memonlined.daemon import Daemon, notifier
+from memonlined.policy import Settings
+
+GiB = 1 << 30
+
+
+def wait_for(condition, timeout=10.0):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if condition():
+            return True
+        time.sleep(0.01)
+    raise AssertionError("timed out")
+
+
+class Run:
+    """A daemon on a fake kernel; `script` runs in a thread once it is ready."""
+
+    def __init__(self, kernel, state_dir, settings=None, reload=None, **kw):
+        self.kernel = kernel
+        self.backend = KernelBackend(kernel)
+        self.monitor = FakeMonitor(kernel)
+        self.notes = []
+        self.daemon = Daemon(self.backend, settings or Settings(), self.monitor,
+                             reload=reload or (lambda: settings or Settings()),
+                             notify=self.notes.append, state_dir=str(state_dir), settle=0.01, **kw)
+
+    def ready(self):
+        return any("READY=1" in n for n in self.notes)
+
+    def __call__(self, script):
+        error = []
+
+        def play():
+            try:
+                wait_for(self.ready)
+                script(self)
+            except BaseException as e:  # reported in the main thread
+                error.append(e)
+            finally:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        thread = threading.Thread(target=play)
+        thread.start()
+        rc = self.daemon.run()
+        thread.join()
+        if error:
+            raise error[0]
+        return rc
+
+    def locked(self, fn, *args, **kw):
+        """Change the fake kernel (under its lock) and deliver the uevents."""
+        with self.backend.lock:
+            out = getattr(self.kernel, fn)(*args, **kw)
+        self.monitor.relay()
+        return out
+
+
+def test_boot_offline_and_hot_plugged_memory_like_the_kernel(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    for k in (kernel, twin):
+        k.add_dimm(4 * GiB)                      # offline at boot
+    run = Run(kernel, tmp_path / "run")
+
+    def script(run):
+        assert {kernel.layout()[i] for i in range(48, 80)} == {"Movable"}
+        for _ in range(4):
+            run.locked("add_dimm", 4 * GiB)
+            twin.add_dimm(4 * GiB)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    assert run(script) == 0
+    assert kernel.layout() == kernel_online_all(twin)
+    assert run.notes[0].startswith("READY=1\nSTATUS=")
+    assert run.notes[-1] == "STOPPING=1"
+    assert any("onlined 160" in n for n in run.notes if n.startswith("STATUS="))
+
+
+def test_virtio_mem_growth_like_the_kernel(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    vm = kernel.add_virtio_mem(16 * GiB)
+    twin_vm = twin.add_virtio_mem(16 * GiB)
+
+    def script(run):
+        for _ in range(40):                      # virtio-mem waits for its blocks to be online
+            index = run.locked("virtio_mem_plug", vm, 128 << 20)[0]
+            wait_for(lambda: kernel.layout()[index] is not None)
+            twin.virtio_mem_plug(twin_vm, 128 << 20)
+            kernel_online_all(twin)
+
+    Run(kernel, tmp_path / "run")(script)
+    assert kernel.layout() == twin.layout()
+
+
+def test_administrator_offlined_block_is_left_alone_across_a_restart(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    state = tmp_path / "run"
+
+    def first(run):
+        run.locked("add_dimm", GiB)
+        wait_for(lambda: kernel.layout()[55] is not None)
+        run.locked("write_state", 55, "offline")  # the administrator
+        time.sleep(0.1)
+
+    Run(kernel, state)(first)
+    assert kernel.layout()[55] is None
+    kernel.add_dimm(GiB)                          # added while memonlined was down
+    Run(kernel, state)(lambda run: wait_for(lambda: kernel.layout()[63] is not None))
+    assert kernel.layout()[55] is None            # still offline
+    assert {kernel.layout()[i] for i in range(56, 64)} == {"Movable"}  # the missed add was caught up
+
+
+def test_first_start_in_a_boot_onlines_every_offline_block(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    kernel.add_dimm(GiB)
+    Run(kernel, tmp_path / "run")(lambda run: None)
+    assert None not in kernel.layout().values()
+
+
+def test_lost_events_lead_to_a_rescan(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+
+    def script(run):
+        with run.backend.lock:
+            kernel.add_dimm(2 * GiB)
+        run.monitor.relay(drop=True)              # ENOBUFS: the adds were lost
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)
+
+
+def test_unknown_actions_and_devices_are_ignored(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+
+    def script(run):
+        run.monitor.send("bind", "memory48")
+        run.monitor.send("add", "memory_tier1")
+        run.monitor.send("add", "memory999")      # gone before it is read
+        time.sleep(0.1)
+
+    assert Run(kernel, tmp_path / "run")(script) == 0
+
+
+def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path):
+    from memonlined.config import ConfigError
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    configs = [Settings(ratio=0), ConfigError("x.conf: invalid key foo in [policy]")]
+
+    def reload():
+        item = configs.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    def script(run):
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: run.daemon.settings.ratio == 0)
+        os.kill(os.getpid(), signal.SIGHUP)       # the bad one
+        wait_for(lambda: not configs)
+        time.sleep(0.05)
+        run.locked("add_dimm", GiB)               # ratio 0: a kernel zone
+        wait_for(lambda: None not in kernel.layout().values())
+
+    run = Run(kernel, tmp_path / "run", reload=reload)
+    run(script)
+    assert run.daemon.settings.ratio == 0
+    assert {kernel.layout()[i] for i in range(48, 56)} == {"Normal"}
+    assert "RELOADING=1" in run.notes
+
+
+def test_takes_over_auto_online_and_puts_it_back(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+    path = tmp_path / "k/sys/devices/system/memory/auto_online_blocks"
+
+    def script(run):
+        assert path.read_text() == "offline\n"
+        run.locked("add_dimm", GiB)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)
+    assert path.read_text() == "online\n"
+    assert {kernel.layout()[i] for i in range(48, 56)} == {"Movable"}  # memonlined's decision, not Normal
+
+
+def test_watchdog_pings(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    run = Run(kernel, tmp_path / "run", watchdog_usec=40000)
+    run(lambda run: time.sleep(0.2))
+    assert 3 <= run.notes.count("WATCHDOG=1") <= 12
+
+
+def test_notify_socket(tmp_path, monkeypatch):
+    pytest.importorskip("systemd.daemon")
+    path = str(tmp_path / "notify")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    notify = notifier()
+    notify("READY=1\nSTATUS=ok")
+    assert server.recv(4096) == b"READY=1\nSTATUS=ok"
+    server.close()
+
+
+def test_no_notify_socket_is_a_no_op(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    notifier()("READY=1")
