@@ -1,0 +1,148 @@
+#!/usr/bin/env python3
+"""Benchmark of the daemon (memonlined run). Run by hand, as root:
+python3 benchmarks/daemon.py
+
+1. Latency: 50 blocks added one at a time (as virtio-mem adds them), then
+   a burst of 1024 add events (eight 16 GiB DIMMs) on the fake
+   kernel with the fake monitor, in-process: for every block, the time from
+   its add uevent reaching the monitor to its state write. Median and p99,
+   with the default settle window.
+2. Footprint: the real command (`memonlined run --dry-run` on a fake tree,
+   with the real pyudev monitor) in its own process: resident memory after
+   start-up, and its wake-ups while idle (context switches over 10 s, with
+   and without a watchdog).
+"""
+
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, os.path.join(HERE, ".."))
+from fakekernel import FakeKernel  # noqa: E402
+from fakemonitor import FakeMonitor  # noqa: E402
+from memonlined.backend import Backend  # noqa: E402
+from memonlined.daemon import Daemon  # noqa: E402
+from memonlined.policy import Settings  # noqa: E402
+
+GiB = 1 << 30
+
+
+class TimedMonitor(FakeMonitor):
+    """Stamps each event when the daemon could first see it."""
+
+    def relay(self, drop=False):
+        now = time.perf_counter()
+        with self.lock:
+            for action, devpath in self.kernel.events[self.seen:]:
+                if action == "add":
+                    self.added.setdefault(int(devpath.rsplit("memory", 1)[1]), now)
+        super().relay(drop)
+
+
+class InstantBackend(Backend):
+    """Applies a state write to the tree at once, as a fast kernel would: the
+    fake kernel rewrites zoneinfo and every valid_zones file per write, which
+    would swamp memonlined's own time. Stamps each write."""
+
+    def write_block_state(self, index, value):
+        d = self.path(f"sys/devices/system/memory/memory{index}")
+        with open(d + "/state", "w") as f:
+            f.write("online\n")
+        with open(d + "/valid_zones", "w") as f:
+            f.write("Movable\n" if value == "online_movable" else "Normal\n")
+        self.written[index] = time.perf_counter()
+
+
+def latency(root: str) -> None:
+    kernel = FakeKernel(root, policy="contig-zones", boot_ram=((0, 2 * GiB), (4 * GiB, 14 * GiB)))
+    backend = InstantBackend(root)
+    backend.written = {}
+    monitor = TimedMonitor(kernel)
+    monitor.added = {}
+    settings = Settings()
+    notes = []
+    daemon = Daemon(backend, settings, monitor, reload=lambda: settings, notify=notes.append,
+                    state_dir=os.path.join(root, "run"), settle=settings.settle_ms / 1000)
+
+    singles = []
+
+    def play():
+        while not notes:
+            time.sleep(0.01)
+        # One block at a time, as virtio-mem adds them (it waits for each to be online).
+        for _ in range(50):
+            kernel.add_dimm(128 << 20)
+            index = max(kernel.blocks)
+            start = time.perf_counter()
+            monitor.relay()
+            while index not in backend.written:
+                time.sleep(0.0002)
+            singles.append((backend.written[index] - start) * 1000)
+        backend.written.clear()
+        monitor.added.clear()
+        with kernel.batch():  # the blocks are made first; then their 1024 add events arrive as one burst
+            for _ in range(8):
+                kernel.add_dimm(16 * GiB)
+        monitor.relay()
+        while len(backend.written) < 1024:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=play)
+    thread.start()
+    daemon.run()
+    thread.join()
+    singles.sort()
+    print(f"add event -> state write, one block at a time (50 blocks), settle {settings.settle_ms} ms: "
+          f"median {statistics.median(singles):.1f} ms, p99 {singles[int(len(singles) * 0.99) - 1]:.1f} ms")
+    delays = sorted((backend.written[i] - t) * 1000 for i, t in monitor.added.items())
+    p99 = delays[int(len(delays) * 0.99) - 1]
+    print(f"add event -> state write, {len(delays)} blocks in a burst, settle {settings.settle_ms} ms: "
+          f"median {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms")
+    per_block = (max(backend.written.values()) - min(backend.written.values())) / (len(delays) - 1) * 1000
+    print(f"  writes follow each other every {per_block:.3f} ms (decision, write, re-read of the block)")
+
+
+def footprint(root: str) -> None:
+    FakeKernel(os.path.join(root, "tree"))
+    for watchdog in (0, 30_000_000):
+        env = dict(os.environ, WATCHDOG_USEC=str(watchdog)) if watchdog else dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        proc = subprocess.Popen([sys.executable, "-m", "memonlined", "--config", os.devnull, "--root",
+                                 os.path.join(root, "tree"), "run", "--dry-run", "--state-dir",
+                                 os.path.join(root, "state")], cwd=os.path.join(HERE, ".."), env=env,
+                                stderr=subprocess.PIPE, text=True)
+        for line in proc.stderr:
+            if "ready:" in line:
+                break
+        p = psutil.Process(proc.pid)
+        rss = p.memory_info().rss / (1 << 20)
+        before = p.num_ctx_switches()
+        time.sleep(10)
+        after = p.num_ctx_switches()
+        wakeups = (after.voluntary - before.voluntary) + (after.involuntary - before.involuntary)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+        label = f"watchdog {watchdog // 1_000_000} s" if watchdog else "no watchdog"
+        print(f"memonlined run ({label}): resident memory after start-up {rss:.1f} MiB; "
+              f"context switches while idle for 10 s: {wakeups}")
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as root:
+        latency(root)
+    with tempfile.TemporaryDirectory() as root:
+        footprint(root)
+
+
+if __name__ == "__main__":
+    main()
