@@ -74,9 +74,14 @@ def setup_logging(level: str) -> None:
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("memonlined: %(levelname)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    # On memonlined's own logger, replacing the one an earlier main() set up
+    # (the tests call main() many times); records still reach the root.
+    logger = logging.getLogger("memonlined")
+    for old in [h for h in logger.handlers if getattr(h, "memonlined", False)]:
+        logger.removeHandler(old)
+    handler.memonlined = True
+    logger.addHandler(handler)
+    logger.setLevel(level.upper())
 
 
 def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None) -> int:

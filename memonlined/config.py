@@ -135,7 +135,7 @@ def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) 
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except configparser.Error as e:
         raise ConfigError(f"{path}: {' '.join(str(e).split())}") from None
-    if mode & stat.S_IWOTH:
+    if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
         log.warning("%s: writable by every user; anyone could change how memory is onlined", path)
     for section in parser.sections():
         if section == "overrides":

@@ -130,8 +130,11 @@ class Reader:
         machine = self.machine
         try:
             state, valid_zones, node = read_block(self.backend, index, node)
-        except FileNotFoundError:
-            return None  # removed while we looked (virtio-mem unplug): nothing to do
+        except FileNotFoundError as e:
+            if not self.backend.exists(B.block_dir(index)):
+                return None  # removed while we looked (virtio-mem unplug): nothing to do
+            machine.warnings.append(f"{e.filename}: cannot read: {e.strerror}; memory{index} skipped")
+            return None
         except OSError as e:
             machine.warnings.append(f"{self.backend.path(B.block_dir(index))}: cannot read: {e.strerror}; skipped")
             return None

@@ -8,6 +8,7 @@ same path with the write replaced by a log line.
 
 import errno
 import logging
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -75,7 +76,7 @@ def online_block(backend: B.Backend, decision: Decision, kernel_zone: str) -> "t
                 log.warning("memory%d: onlined by someone else, to %s", index, zone,
                             extra=_fields(decision, zone, ALREADY_ONLINE, CONFLICT_MESSAGE_ID))
                 return zone, ALREADY_ONLINE
-            reason = errno.errorcode.get(e.errno, str(e.errno)) if e.errno else str(e)
+            reason = (errno.errorcode.get(e.errno) or os.strerror(e.errno)) if e.errno else str(e)
             if attempt == "online_movable":
                 log.warning("memory%d: online_movable failed (%s); falling back to online_kernel "
                             "(online memory beats wasted memory)", index, reason)

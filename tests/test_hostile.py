@@ -1,0 +1,181 @@
+"""Hostile conditions: write failures, vanishing and changing blocks, garbled
+input. Each must leave memory online where at all possible, never write on
+the strength of garbage, and say what happened in one line."""
+
+import errno
+import json
+import os
+
+import pytest
+
+from fakekernel import FakeKernel
+from kernelbackend import KernelBackend, memonlined
+from memonlined.cli import main
+
+GiB = 1 << 30
+EHWPOISON = 133  # not in Python's errno table
+
+
+@pytest.fixture
+def kernel(tmp_path):
+    k = FakeKernel(tmp_path, policy="contig-zones")
+    k.add_dimm(GiB)  # blocks 48-55, Movable by the policy
+    return k
+
+
+def layout(kernel, first=48, last=55):
+    return [kernel.layout()[i] for i in range(first, last + 1)]
+
+
+@pytest.mark.parametrize("err", [errno.EBUSY, errno.EINVAL, errno.ENOMEM, errno.EIO, errno.EAGAIN, EHWPOISON])
+def test_online_movable_refused_falls_back_to_online_kernel(kernel, caplog, err):
+    kernel.inject_fault(50, "online_movable", err)
+    backend = KernelBackend(kernel)
+    rc, out = _run(kernel, backend, "online", "--json")
+    assert rc == 0
+    # Once part of the DIMM is in a kernel zone, the rest follows it, as the
+    # kernel's policy would: the outcome, not the plan, steers the next block.
+    assert layout(kernel) == ["Movable", "Movable"] + ["Normal"] * 6
+    results = {d["block"]: d["result"] for d in json.loads(out)["decisions"]}
+    assert results[50] == "fallback"
+    assert backend.writes.count((50, "online_movable")) == 1 and backend.writes.count((50, "online_kernel")) == 1
+    assert "memory50: online_movable failed" in caplog.text
+
+
+def _run(kernel, backend, *args):
+    import io
+    from contextlib import redirect_stdout
+    out = io.StringIO()
+    with redirect_stdout(out):
+        rc = main(["--config", os.devnull, "--root", kernel.root, *args], backend=backend)
+    return rc, out.getvalue()
+
+
+def test_a_block_that_cannot_be_onlined_stays_offline_and_the_rest_is_handled(kernel, caplog):
+    kernel.inject_fault(50, "online_movable", errno.ENOMEM)
+    kernel.inject_fault(50, "online_kernel", errno.ENOMEM)
+    backend = KernelBackend(kernel)
+    rc, _ = _run(kernel, backend, "online")
+    assert rc == 1  # partial failure
+    assert layout(kernel) == ["Movable", "Movable", None] + ["Movable"] * 5
+    assert len([w for w in backend.writes if w[0] == 50]) == 2  # no retry storm
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "memory50: online_kernel failed (ENOMEM); the block stays offline" in errors[0].message
+
+
+class RacingBackend(KernelBackend):
+    """Something happens to a block just before memonlined writes to it."""
+
+    def __init__(self, kernel, index, action):
+        super().__init__(kernel)
+        self.index, self.action = index, action
+
+    def write_block_state(self, index, value):
+        if index == self.index and self.action:
+            action, self.action = self.action, None
+            action(self.kernel)
+        super().write_block_state(index, value)
+
+
+def test_a_block_removed_before_the_write_is_skipped_quietly(kernel, caplog):
+    backend = RacingBackend(kernel, 52, lambda k: k.remove_block(52))
+    rc, out = _run(kernel, backend, "online", "--json")
+    assert rc == 0
+    assert 52 not in {d["block"] for d in json.loads(out)["decisions"]}
+    assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    assert None not in [z for i, z in kernel.layout().items() if i != 52]
+
+
+def test_a_block_onlined_by_someone_else_meanwhile_is_reported(kernel, caplog):
+    backend = RacingBackend(kernel, 53, lambda k: k.write_state(53, "online_kernel"))
+    rc, out = _run(kernel, backend, "online", "--json")
+    assert rc == 0
+    results = {d["block"]: (d["zone"], d["result"]) for d in json.loads(out)["decisions"]}
+    assert results[53] == ("Normal", "already-online")
+    assert "memory53: onlined by someone else, to Normal" in caplog.text
+
+
+def test_a_block_already_online_is_not_an_error(kernel):
+    kernel.write_state(48, "online_movable")
+    rc, out = memonlined(kernel, "online", "--json")
+    assert rc == 0 and 48 not in {d["block"] for d in json.loads(out)["decisions"]}
+
+
+def test_kernel_auto_online_is_reported(tmp_path, caplog):
+    k = FakeKernel(tmp_path, auto_online="online")
+    k.add_dimm(GiB)
+    assert memonlined(k, "online")[0] == 0
+    assert "the kernel onlines hot-plugged memory itself (auto_online_blocks=online)" in caplog.text
+
+
+# -- garbled input ---------------------------------------------------------
+
+def garble(kernel, rel, text):
+    with open(os.path.join(kernel.root, rel), "w") as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize("rel, text, message", [
+    ("proc/zoneinfo", "Node 0, zone   Normal\n  pages free 3\n", "proc/zoneinfo: zone Normal of node 0 has no 'present' line"),
+    ("proc/zoneinfo", "Node 0, zone   Normal\n        present  lots\n", "proc/zoneinfo: expected a number of pages"),
+    ("proc/zoneinfo", "Node 0, zone   Sideways\n        present  1\n", "proc/zoneinfo: unknown zone name 'Sideways'"),
+    ("sys/devices/system/memory/block_size_bytes", "twelve\n", "block_size_bytes: expected the block size in hex"),
+    ("proc/iomem", "00000000-00000000 : System RAM\n00000000-00000000 : Reserved\n",
+     "proc/iomem: addresses are hidden (all zero); memonlined needs CAP_SYS_ADMIN"),
+    ("proc/iomem", "garbage\n", "proc/iomem: line 1: expected 'START-END : NAME'"),
+])
+def test_garbled_global_data_stops_before_any_write(kernel, caplog, rel, text, message):
+    garble(kernel, rel, text)
+    backend = KernelBackend(kernel)
+    rc, _ = _run(kernel, backend, "online")
+    assert rc == 4
+    assert backend.writes == []
+    errors = [r.message for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and message in errors[0] and "\n" not in errors[0]
+
+
+def test_missing_boot_params_and_memory_hotplug_parameters(kernel):
+    os.unlink(os.path.join(kernel.root, "sys/kernel/boot_params/data"))
+    params = os.path.join(kernel.root, "sys/module/memory_hotplug")
+    for name in os.listdir(params + "/parameters"):
+        os.unlink(os.path.join(params, "parameters", name))
+    rc, _ = memonlined(kernel, "online")
+    assert rc == 0
+    assert layout(kernel) == ["Movable"] * 8
+
+
+@pytest.mark.parametrize("name, text", [("state", "sideways\n"), ("valid_zones", "\n"),
+                                        ("valid_zones", "Normal Upward\n")])
+def test_a_garbled_block_is_skipped_and_the_rest_handled(kernel, caplog, name, text):
+    garble(kernel, f"sys/devices/system/memory/memory51/{name}", text)
+    backend = KernelBackend(kernel)
+    rc, _ = _run(kernel, backend, "online")
+    assert rc == 0
+    assert 51 not in [w[0] for w in backend.writes]
+    assert [z for i, z in enumerate(layout(kernel)) if i != 3] == ["Movable"] * 7
+    assert f"memory51: " in caplog.text and "skipped" in caplog.text
+
+
+def test_a_block_without_valid_zones_is_skipped(kernel, caplog):
+    os.unlink(os.path.join(kernel.root, "sys/devices/system/memory/memory49/valid_zones"))
+    backend = KernelBackend(kernel)
+    assert _run(kernel, backend, "online")[0] == 0
+    assert 49 not in [w[0] for w in backend.writes]
+    assert "memory49/valid_zones: cannot read: No such file or directory; memory49 skipped" in caplog.text
+
+
+def test_writes_stay_inside_the_root(tmp_path):
+    from memonlined.backend import Backend
+    outside = tmp_path / "outside"
+    outside.write_text("untouched\n")
+    root = tmp_path / "root" / "sys/devices/system/memory/memory7"
+    root.mkdir(parents=True)
+    os.symlink(outside, root / "state")  # a crafted tree: state is a link out
+    backend = Backend(str(tmp_path / "root"))
+    with pytest.raises(OSError):
+        backend.write_block_state(7, "online_movable")
+    with pytest.raises(FileNotFoundError):  # never creates a file
+        backend.write_block_state(8, "online_movable")
+    with pytest.raises(ValueError):
+        backend.write_setting("etc/passwd", "x")
+    assert outside.read_text() == "untouched\n"
