@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import backend as B
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
-from .parse import (MOVABLE, PAGE_SIZE, ParseError, Resource, iomem_hidden, kmsg_message,
+from .parse import (MOVABLE, PAGE_SIZE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_state,
                     parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
 
@@ -75,6 +75,9 @@ def read_block(backend: B.Backend, index: int, node: Optional[int] = None):
     """(state, valid_zones, node) of one block. Raises OSError (gone or
     unreadable) or ParseError (garbled); the caller says which file."""
     d = B.block_dir(index)
+    # phys_index must name the block: anything else means the tree is not what it seems.
+    if parse_hex(backend.read(f"{d}/phys_index"), "phys_index in hex") != index:
+        raise ParseError(f"phys_index does not say {index:08x}")
     state = parse_state(backend.read(f"{d}/state"))
     valid_zones = parse_valid_zones(backend.read(f"{d}/valid_zones"))
     return state, valid_zones, node if node is not None else backend.block_node(index)
