@@ -18,6 +18,7 @@ import anything from the ``memonlined`` package.  Standard library only.
 import contextlib
 import errno
 import os
+import re
 import shutil
 import struct
 
@@ -856,23 +857,49 @@ class FakeKernel:
     # ---- module parameters and auto-online, writable at run time
 
     def set_param(self, name, value):
-        if name == "online_policy":
-            if value not in ("contig-zones", "auto-movable"):
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-            self.online_policy = value
-        elif name == "auto_movable_ratio":
-            self.auto_movable_ratio = int(value)
-        elif name == "auto_movable_numa_aware":
-            self.auto_movable_numa_aware = value in (True, "Y", "y", "1", 1)
-        elif name == "auto_online_blocks":
+        """A write to /sys/devices/system/memory/auto_online_blocks or to
+        /sys/module/memory_hotplug/parameters/NAME, with the kernel's parsing
+        (one trailing newline accepted) and errors (OSError)."""
+        def fail(err=errno.EINVAL):
+            raise OSError(err, os.strerror(err))
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        value = str(value)
+        word = value[:-1] if value.endswith("\n") else value
+        if name == "auto_online_blocks":
             t = online_type_from_str(value)
             if t < 0:
-                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+                fail()
             self.mhp_default_online_type = t
             self._write_auto_online()
             return
+        if name == "memmap_on_memory":
+            fail(errno.EACCES)                     # 0444 in v6.1
+        if self.kernel_version < (5, 15) or name not in (
+                "online_policy", "auto_movable_ratio", "auto_movable_numa_aware"):
+            fail(errno.ENOENT)
+        if name == "online_policy":
+            if word not in ("contig-zones", "auto-movable"):   # sysfs_match_string()
+                fail()
+            self.online_policy = word
+        elif name == "auto_movable_ratio":
+            # kstrtouint(), base 0: decimal, 0x hex or 0 octal
+            m = re.fullmatch(r"\+?(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))", word)
+            if not m:
+                fail()
+            ratio = int(m.group(1), 16) if m.group(1) else int(m.group(2) or m.group(3), 8 if m.group(2) else 10)
+            if ratio >= 1 << 32:
+                fail(errno.ERANGE)
+            self.auto_movable_ratio = ratio
         else:
-            raise KeyError(name)
+            # param_set_bool() -> kstrtobool(): y/Y/1/on and n/N/0/off
+            w = word.lower()
+            if w[:1] in ("y", "1") or w[:2] == "on":
+                self.auto_movable_numa_aware = True
+            elif w[:1] in ("n", "0") or w[:2] == "of":
+                self.auto_movable_numa_aware = False
+            else:
+                fail()
         self._write_params()
         self._vz_full = True
         self._flush(zoneinfo=False, iomem=False)

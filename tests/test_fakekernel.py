@@ -608,3 +608,36 @@ def test_matches_the_recorded_virtio_mem_guest(fk):
     probe = lambda text: [l.split(";", 1)[1] for l in text.splitlines()
                           if ";virtio_mem" in l][:6]
     assert probe(read(fk.root, "dev/kmsg")) == probe(read(real, "dev/kmsg"))
+
+
+def test_parameter_writes_parse_like_the_kernel(tmp_path):
+    fk = FakeKernel(tmp_path, policy="contig-zones")
+    p = "sys/module/memory_hotplug/parameters/"
+    fk.set_param("online_policy", "auto-movable\n")
+    fk.set_param("auto_movable_ratio", "150\n")
+    fk.set_param("auto_movable_numa_aware", "off\n")
+    fk.set_param("auto_online_blocks", "online_movable\n")
+    assert [read(tmp_path, p + n) for n in ("online_policy", "auto_movable_ratio",
+                                             "auto_movable_numa_aware")] == \
+        ["auto-movable\n", "150\n", "N\n"]
+    assert read(tmp_path, "sys/devices/system/memory/auto_online_blocks") == "online_movable\n"
+    for name, bad in (("online_policy", "auto"), ("auto_movable_ratio", "-1"),
+                      ("auto_movable_numa_aware", "maybe"), ("auto_online_blocks", "on")):
+        with pytest.raises(OSError) as e:
+            fk.set_param(name, bad)
+        assert e.value.errno == errno.EINVAL
+    old = FakeKernel(tmp_path / "old", kernel_version=(5, 10))
+    with pytest.raises(OSError) as e:
+        old.set_param("online_policy", "auto-movable")
+    assert e.value.errno == errno.ENOENT
+
+
+def test_changing_the_policy_rewrites_valid_zones(fk):
+    fk.add_dimm(1 * GiB)
+    vz = "sys/devices/system/memory/memory48/valid_zones"
+    assert read(fk.root, vz) == "Movable Normal\n"
+    fk.set_param("online_policy", "contig-zones")
+    assert read(fk.root, vz) == "Normal Movable\n"
+    fk.set_param("online_policy", "auto-movable")
+    fk.set_param("auto_movable_ratio", "0")
+    assert read(fk.root, vz) == "Normal Movable\n"
