@@ -6,6 +6,7 @@ sysfs is the truth. Blocks of one device arrive in a burst, so `add` events
 are gathered for a short settle window and the batch is decided together.
 """
 
+import fcntl
 import logging
 import os
 import selectors
@@ -233,8 +234,25 @@ class Daemon:
 
     # -- the loop -----------------------------------------------------------
 
+    def lock(self) -> bool:
+        """One daemon at a time: an flock on the state directory's lock file."""
+        if not self.handled.path:
+            return True
+        os.makedirs(os.path.dirname(self.handled.path), exist_ok=True)
+        self._lock_fd = os.open(os.path.join(os.path.dirname(self.handled.path), "lock"),
+                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            return False
+        return True
+
     def run(self) -> int:
         """Run until SIGTERM/SIGINT. Returns the exit code."""
+        if not self.lock():
+            log.error("another memonlined is running (%s/lock is locked)", os.path.dirname(self.handled.path))
+            return 1
         rsock, wsock = socket.socketpair()
         rsock.setblocking(False)
         wsock.setblocking(False)
@@ -276,6 +294,8 @@ class Daemon:
                 signal.signal(sig, handler)
             rsock.close()
             wsock.close()
+            if self.handled.path:
+                os.close(self._lock_fd)
 
     def _signals(self, rsock) -> None:
         try:

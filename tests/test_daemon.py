@@ -221,3 +221,50 @@ def test_notify_socket(tmp_path, monkeypatch):
 def test_no_notify_socket_is_a_no_op(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     notifier()("READY=1")
+
+
+def test_a_second_instance_is_refused(tmp_path, caplog):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    state = tmp_path / "run"
+
+    def script(run):
+        second = Run(kernel, state)
+        assert second.daemon.run() == 1
+
+    Run(kernel, state)(script)
+    assert "another memonlined is running" in caplog.text
+
+
+class FileBackend(KernelBackend):
+    """Writes land in the tree at once, as a fast kernel's would (the fake
+    kernel rewrites every valid_zones file per write: too slow for 8192)."""
+
+    def write_block_state(self, index, value):
+        self.writes.append((index, value))
+        d = os.path.join(self.root, f"sys/devices/system/memory/memory{index}")
+        with open(d + "/state", "w") as f:
+            f.write("online\n")
+        with open(d + "/valid_zones", "w") as f:
+            f.write("Movable\n" if value == "online_movable" else "Normal\n")
+
+
+def test_a_burst_of_8192_adds_is_handled_completely_in_bounded_memory(tmp_path):
+    import tracemalloc
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", boot_ram=((0, 2 * GiB), (4 * GiB, 30 * GiB)))
+    run = Run(kernel, tmp_path / "run")
+    run.daemon.backend = run.backend = FileBackend(kernel)
+
+    def script(run):
+        with kernel.batch():
+            for _ in range(16):
+                kernel.add_dimm(64 * GiB)          # 1 TiB: 8192 blocks
+        tracemalloc.start()
+        run.monitor.relay()
+        wait_for(lambda: len(run.backend.writes) == 8192, timeout=120)
+        run.peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+
+    run(script)
+    written = sorted(i for i, _ in run.backend.writes)
+    assert written == list(range(272, 272 + 8192))     # each block once, none missed
+    assert run.peak < 32 << 20, run.peak  # measured: 7.4 MB
