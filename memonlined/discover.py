@@ -49,13 +49,19 @@ def _read_optional(backend: B.Backend, rel: str) -> Optional[str]:
 
 
 def driver_resources(roots: List[Resource]) -> List[Tuple[int, int, str, str]]:
-    """(start, end exclusive, device, kind) of virtio-mem and dax/kmem regions, sorted."""
+    """(start, end exclusive, device, kind) of virtio-mem and dax/kmem regions, sorted.
+    virtio-mem regions are top-level; dax/kmem ones sit under their parent
+    ("Soft Reserved", a namespace), so the whole tree is searched."""
     out = []
-    for res in roots:
+    stack = list(roots)
+    while stack:
+        res = stack.pop()
         if _VIRTIO.match(res.name):
             out.append((res.start, res.end + 1, res.name, VIRTIO_MEM))
         elif _DAX.match(res.name):
             out.append((res.start, res.end + 1, res.name, DAX))
+        else:
+            stack.extend(res.children)
     return sorted(out)
 
 

@@ -199,7 +199,21 @@ class FakeKernel:
     {node: [(start, size), ...]}.  A range starting at 0 gets the legacy
     PC layout of its first MiB (page 0 and 0x9fc00-0xfffff not RAM), so
     block 0 has holes and spans DMA and DMA32, as on real hardware.
-    ``cma`` is {(node, zone_name): pages} of boot-time CMA.
+    ``reserved`` (start, size) ranges go into the E820 table and cut holes
+    in boot RAM; by default those of a QEMU 7.2 guest (including the top
+    132 KiB of low RAM, so block 15 of a 4 GiB VM has a hole too).
+    ``cma`` is {(node, zone_name): pages} of boot-time CMA.  ``nodes``
+    adds online nodes without boot memory.  ``coldplug_dimms`` are DIMMs
+    ACPI adds during boot (sizes, or add_dimm() keyword dicts).
+    ``boot_acpi`` binds the boot blocks to ACPI memory devices (bare metal).
+
+    Devices: add_dimm(), link_firmware_nodes(), remove_dimm(),
+    add_virtio_mem(), virtio_mem_plug(), virtio_mem_unplug_block(),
+    add_dax_kmem(), remove_block().  User space: write_state(),
+    write_online(), set_param(), poll_writes(), inject_fault().  The
+    kernel's answers: zone_for_online(), layout(), zone(), group_of(),
+    and the fields nodes, blocks, memory_groups, devices, events, memmap.
+    Bulk changes: ``with fk.batch():`` (files rewritten once at the end).
     """
 
     def __init__(self, root, *, block_size=128 << 20,
@@ -319,7 +333,7 @@ class FakeKernel:
             self.memblock[nid] = [(ps, pe) for ps, pe in pfns if ps < pe]
         lowest = min((r[0][0] for r in self.memblock.values() if r), default=0)
         for nid in sorted(set(self.boot_ram) | set(extra_nodes) | {0}):
-            self._try_online_node(nid, write=False)
+            self._try_online_node(nid)
         # mm/page_alloc.c calculate_node_totalpages(): zones span the node's
         # range clamped to the zone's limits.
         limits = ((lowest, MAX_DMA_PFN), (MAX_DMA_PFN, MAX_DMA32_PFN), (MAX_DMA32_PFN, 1 << 52))
@@ -472,7 +486,7 @@ class FakeKernel:
             self._write(d + "/auto_movable_numa_aware",
                         "Y\n" if self.auto_movable_numa_aware else "N\n")
 
-    def _try_online_node(self, nid, write=True):
+    def _try_online_node(self, nid):
         """mm/memory_hotplug.c __try_online_node(): a node comes online with
         its first memory (or CPU)."""
         if nid in self.nodes:
@@ -887,7 +901,8 @@ class FakeKernel:
             m = re.fullmatch(r"\+?(?:0[xX]([0-9a-fA-F]+)|(0[0-7]*)|([1-9][0-9]*))", word)
             if not m:
                 fail()
-            ratio = int(m.group(1), 16) if m.group(1) else int(m.group(2) or m.group(3), 8 if m.group(2) else 10)
+            hexa, octal, dec = m.groups()
+            ratio = int(hexa, 16) if hexa else int(octal, 8) if octal else int(dec)
             if ratio >= 1 << 32:
                 fail(errno.ERANGE)
             self.auto_movable_ratio = ratio
@@ -1292,7 +1307,7 @@ class FakeKernel:
                 lines.append("        protection: (%s)" % ", ".join(str(r) for r in reserve))
                 if populated_zone(zone):
                     for item in ZONE_STAT_ITEMS:
-                        v = free if item == "nr_free_pages" else (zone.cma_pages if item == "nr_free_cma" else 0)
+                        v = {"nr_free_pages": free, "nr_free_cma": zone.cma_pages}.get(item, 0)
                         lines.append("      %-12s %d" % (item, v))
                     for item in NUMA_EVENT_ITEMS:
                         lines.append("      %-12s %d" % (item, 0))

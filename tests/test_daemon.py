@@ -268,3 +268,18 @@ def test_a_burst_of_8192_adds_is_handled_completely_in_bounded_memory(tmp_path):
     written = sorted(i for i, _ in run.backend.writes)
     assert written == list(range(272, 272 + 8192))     # each block once, none missed
     assert run.peak < 32 << 20, run.peak  # measured: 7.4 MB
+
+
+def test_sigterm_in_the_middle_of_a_batch_finishes_it_and_exits_cleanly(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+
+    def script(run):
+        with run.backend.lock:
+            kernel.add_dimm(4 * GiB)
+        run.monitor.relay()
+        wait_for(lambda: run.backend.writes)        # the batch has begun; SIGTERM follows at once
+
+    run = Run(kernel, tmp_path / "run")
+    assert run(script) == 0
+    assert {kernel.layout()[i] for i in range(48, 80)} == {"Movable"}
+    assert run.notes[-1] == "STOPPING=1"

@@ -54,7 +54,7 @@ def apply(kernel, devices, op, nodes):
     if kind == "dimm":
         kernel.add_dimm(n * 128 * MiB, node=node)
     elif kind == "dax":
-        kernel.add_dax_kmem(n * 128 * MiB, node=node)
+        kernel.add_dax_kmem(n * 128 * MiB, node=node, parent="Soft Reserved")
     elif kind in ("virtio", "bbm"):
         key = (kind, node)
         if key not in devices:

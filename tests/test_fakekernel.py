@@ -478,6 +478,10 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("write"), st.integers(0, 300),
               st.sampled_from(["online", "online_kernel", "online_movable", "offline"])),
     st.tuples(st.just("unplug"), st.integers(0, 300), st.just(0)),
+    st.tuples(st.just("bbm"), st.sampled_from([2, 4]), st.sampled_from([0, 1])),
+    st.tuples(st.just("param"), st.sampled_from(["online_policy", "auto_movable_ratio",
+                                                 "auto_movable_numa_aware"]),
+              st.sampled_from(["auto-movable", "contig-zones", "0", "100", "301", "N", "Y"])),
 ), max_size=25)
 
 
@@ -524,6 +528,14 @@ def test_random_operations_keep_the_kernel_consistent(ops, policy, auto_online, 
             elif op == "virtio":
                 name = fk.add_virtio_mem(a * GiB, node=b)
                 fk.virtio_mem_plug(name, a * GiB // 2)
+            elif op == "bbm":
+                name = fk.add_virtio_mem(a * GiB, node=b, device_block_size=512 * MiB)
+                fk.virtio_mem_plug(name, a * GiB // 2)
+            elif op == "param":
+                try:
+                    fk.set_param(a, b)
+                except OSError as e:
+                    assert e.errno == errno.EINVAL
             elif op == "write" and a in fk.blocks:
                 mem = fk.blocks[a]
                 expect = fk.zone_for_online(a) if b == "online" and mem.state == "offline" else None
@@ -594,10 +606,12 @@ def test_matches_the_recorded_dimm_guest(fk):
     assert os.readlink(os.path.join(fk.root, fw)) == os.readlink(os.path.join(real, fw))
 
 
-def test_matches_the_recorded_virtio_mem_guest(fk):
-    name = fk.add_virtio_mem(16 * GiB, name="virtio9")
-    for step in range(1, 6):
-        real = recorded("virtio-mem-sbm-step%d" % step)
+@pytest.mark.parametrize("mode,device_block_size,steps", [
+    ("sbm", 2 * MiB, 5), ("bbm", 1 * GiB, 3)])
+def test_matches_the_recorded_virtio_mem_guest(fk, mode, device_block_size, steps):
+    name = fk.add_virtio_mem(16 * GiB, name="virtio9", device_block_size=device_block_size)
+    for step in range(1, steps + 1):
+        real = recorded("virtio-mem-%s-%dg" % (mode, step))
         for b, (state, _) in hot_blocks(fk.root).items():
             if state == "offline\n":
                 fk.write_state(b, "online")       # what the daemon did between steps
@@ -606,38 +620,5 @@ def test_matches_the_recorded_virtio_mem_guest(fk):
         virtio = lambda text: [l for l in text.splitlines() if "virtio9" in l or "virtio_mem)" in l]
         assert virtio(read(fk.root, "proc/iomem")) == virtio(read(real, "proc/iomem"))
     probe = lambda text: [l.split(";", 1)[1] for l in text.splitlines()
-                          if ";virtio_mem" in l][:6]
+                          if ";virtio_mem" in l][:8]
     assert probe(read(fk.root, "dev/kmsg")) == probe(read(real, "dev/kmsg"))
-
-
-def test_parameter_writes_parse_like_the_kernel(tmp_path):
-    fk = FakeKernel(tmp_path, policy="contig-zones")
-    p = "sys/module/memory_hotplug/parameters/"
-    fk.set_param("online_policy", "auto-movable\n")
-    fk.set_param("auto_movable_ratio", "150\n")
-    fk.set_param("auto_movable_numa_aware", "off\n")
-    fk.set_param("auto_online_blocks", "online_movable\n")
-    assert [read(tmp_path, p + n) for n in ("online_policy", "auto_movable_ratio",
-                                             "auto_movable_numa_aware")] == \
-        ["auto-movable\n", "150\n", "N\n"]
-    assert read(tmp_path, "sys/devices/system/memory/auto_online_blocks") == "online_movable\n"
-    for name, bad in (("online_policy", "auto"), ("auto_movable_ratio", "-1"),
-                      ("auto_movable_numa_aware", "maybe"), ("auto_online_blocks", "on")):
-        with pytest.raises(OSError) as e:
-            fk.set_param(name, bad)
-        assert e.value.errno == errno.EINVAL
-    old = FakeKernel(tmp_path / "old", kernel_version=(5, 10))
-    with pytest.raises(OSError) as e:
-        old.set_param("online_policy", "auto-movable")
-    assert e.value.errno == errno.ENOENT
-
-
-def test_changing_the_policy_rewrites_valid_zones(fk):
-    fk.add_dimm(1 * GiB)
-    vz = "sys/devices/system/memory/memory48/valid_zones"
-    assert read(fk.root, vz) == "Movable Normal\n"
-    fk.set_param("online_policy", "contig-zones")
-    assert read(fk.root, vz) == "Normal Movable\n"
-    fk.set_param("online_policy", "auto-movable")
-    fk.set_param("auto_movable_ratio", "0")
-    assert read(fk.root, vz) == "Normal Movable\n"

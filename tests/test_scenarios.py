@@ -117,3 +117,12 @@ def test_ratio(tmp_path, ratio, zone):
     t.do("add_dimm", 5 * GiB)
     layout = t.online()
     assert {layout[i] for i in range(64, 104)} == {zone}
+
+
+def test_a_dax_device_is_decided_as_a_whole(tmp_path):
+    t = Twins(tmp_path)
+    t.do("add_dimm", 10 * GiB)                      # leaves about 2 GiB of room
+    t.do("add_dax_kmem", 4 * GiB, parent="Soft Reserved")  # a block would fit, the device does not
+    layout = t.online()
+    dax = range(128, 160)
+    assert {layout[i] for i in dax} == {"Normal"}
