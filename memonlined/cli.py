@@ -130,7 +130,7 @@ def _main(argv, backend) -> int:
     if args.command == "online":
         return cmd_online(backend, machine, settings, args.dry_run, args.json)
     if args.command == "status":
-        return cmd_status(machine, settings, args.json)
+        return cmd_status(machine, settings, args.json, live=backend.root == "/")
     if args.command == "doctor":
         return cmd_doctor(backend, machine, settings, args.config)
     return cmd_explain(machine, settings, args.block, args.json)
@@ -178,7 +178,15 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
-def cmd_status(machine: Machine, settings: Settings, as_json: bool) -> int:
+def memory_usage() -> str:
+    """What the kernel can hand out now (psutil), next to the block layout."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return f"memory total {format_size(vm.total)}, available {format_size(vm.available)}"
+
+
+def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool = False) -> int:
     _auto_online_note(machine)
     # The node summary is of the machine as it is, before the planner's what-if.
     mib = lambda pages: pages * 4096 >> 20  # noqa: E731
@@ -193,7 +201,12 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool) -> int:
         machine.remove_online(machine.blocks[index])
     ranges = _ranges(machine, choices)
     if as_json:
-        print(json.dumps({"memory": ranges, "nodes": nodes, "block_size": machine.block_size,
+        usage = {}
+        if live:
+            import psutil
+            vm = psutil.virtual_memory()
+            usage = {"memory_total": vm.total, "memory_available": vm.available}
+        print(json.dumps({"memory": ranges, "nodes": nodes, "block_size": machine.block_size, **usage,
                           "auto_online_blocks": machine.auto_online_blocks,
                           "kernel_params": machine.kernel_params}, indent=1))
         return EXIT_OK
@@ -207,6 +220,8 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool) -> int:
     print(f"Memory block size: {format_size(machine.block_size)}; "
           f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
           f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
+    if live:
+        print(memory_usage().capitalize())
     for n in nodes:
         print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
               f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "

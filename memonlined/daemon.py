@@ -174,7 +174,10 @@ class Daemon:
     def status(self) -> str:
         m = self.machine
         online = sum(1 for b in m.blocks.values() if b.state != "offline")
-        return (f"{online} of {len(m.blocks)} blocks online; onlined {self.counts['onlined']}, "
+        import psutil
+
+        total = psutil.virtual_memory().total >> 20
+        return (f"{online} of {len(m.blocks)} blocks online, {total} MiB usable; onlined {self.counts['onlined']}, "
                 f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
 
     # -- events -----------------------------------------------------------
