@@ -183,7 +183,7 @@ def memory_usage() -> str:
     import psutil
 
     vm = psutil.virtual_memory()
-    return f"memory total {format_size(vm.total)}, available {format_size(vm.available)}"
+    return f"Memory: total {format_size(vm.total)}, available {format_size(vm.available)}"
 
 
 def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool = False) -> int:
@@ -221,7 +221,7 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool =
           f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
           f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
     if live:
-        print(memory_usage().capitalize())
+        print(memory_usage())
     for n in nodes:
         print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
               f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "

@@ -17,6 +17,7 @@ Each tests/data/<scenario>/ holds
    of which device each address range belongs to)}.
 A session writes several step dirs when one guest goes through rounds.
 """
+import contextlib
 import json
 import os
 import shutil
@@ -31,6 +32,7 @@ from guest import GiB, REPO, Guest, GuestError, kernel, virtio_mem_opts  # noqa:
 DATA = os.path.join(REPO, "tests", "data")
 AUTO_MOVABLE = ["memhp_default_state=offline", "memory_hotplug.online_policy=auto-movable"]
 NUMA2 = ["2G,cpus=0", "2G,cpus=1"]
+NONUMA = AUTO_MOVABLE + ["memory_hotplug.auto_movable_numa_aware=N"]
 
 # Online in ascending order, then report "<block> <state> <valid_zones>" for all.
 # Builtins only inside the loops: every fork costs tens of ms under TCG.
@@ -47,13 +49,11 @@ done
 '''
 
 
+@contextlib.contextmanager
 def boot(suite, append=(), **kw):
-    return Guest(kernel(suite), append=append, **kw)
-
-
-def booted(g):
-    print(f"  booted {g.vmlinuz} in {g.boot_seconds:.0f}s", flush=True)
-    return g
+    with Guest(kernel(suite), append=append, **kw) as g:
+        print(f"  booted {g.vmlinuz} in {g.boot_seconds:.0f}s", flush=True)
+        yield g
 
 
 def blocks(g):
@@ -85,7 +85,7 @@ def record(g, name, policy="auto-movable"):
     g.sh(f"rm -rf /run/cap && PYTHONPATH={REPO} python3 -m memonlined capture /run/cap"
          f" && tar -C /run/cap -cf {g.share}/cap.tar .")
     subprocess.run(["tar", "-C", out, "-xf", os.path.join(g.share, "cap.tar")], check=True)
-    devices = [d for d in g.qmp.execute("query-memory-devices")]
+    devices = g.qmp.execute("query-memory-devices")
     params = "/sys/module/memory_hotplug/parameters"
     info = g.sh(f"uname -r; cat /proc/cmdline; cat {params}/auto_movable_ratio {params}/auto_movable_numa_aware"
                 " 2>/dev/null || true").stdout.splitlines()
@@ -118,7 +118,6 @@ def summary(zones):
 def dimm_session(name, sizes, suite="bookworm", append=AUTO_MOVABLE, policy="auto-movable"):
     def run():
         with boot(suite, append) as g:
-            booted(g)
             count, dimm_blocks = blocks(g), 0
             for i, size in enumerate(sizes):  # one by one, as a host would
                 g.add_dimm(f"d{i}", size)
@@ -145,7 +144,6 @@ def virtio_mem_session(name, steps, append=AUTO_MOVABLE, numa=(), nodes=(None,),
         for i, node in enumerate(nodes):
             opts += virtio_mem_opts(f"vm{i}", 16 * GiB, node=node, block_size=block_size)
         with boot("bookworm", append, numa=numa, qemu_opts=opts) as g:
-            booted(g)
             base_blocks = blocks(g)
             g.sh("modprobe virtio_mem")
             if fast_forward:
@@ -165,6 +163,8 @@ SESSIONS = {
     "dimm-4x4g": dimm_session("dimm-4x4g", [4 * GiB] * 5),
     "ratio-100-dimms": dimm_session("ratio-100-dimms", [1 * GiB, 2 * GiB, 4 * GiB, 1 * GiB],
                                     append=AUTO_MOVABLE + ["memory_hotplug.auto_movable_ratio=100"]),
+    # 6.12 (built to auto-online by itself; memhp_default_state=offline stops that).
+    "trixie-dimm-4x4g": dimm_session("trixie-dimm-4x4g", [4 * GiB] * 5, suite="trixie"),
     # 5.10 has no auto-movable policy: a plain "online" follows contig-zones.
     "bullseye-dimms": dimm_session("bullseye-dimms", [2 * GiB, 4 * GiB], suite="bullseye",
                                    append=["memhp_default_state=offline"], policy="contig-zones"),
@@ -172,12 +172,17 @@ SESSIONS = {
     # Past 12 GiB the kernel needs Normal blocks in the device to back more Movable ones.
     "virtio-mem-sbm-high": virtio_mem_session("virtio-mem-sbm", [[12], [13], [14]], fast_forward=[11]),
     "virtio-mem-bbm": virtio_mem_session("virtio-mem-bbm", [[1], [2], [3]], block_size="1G"),
-    # Node 1's device grows further than node 0's, so the nodes' ratios differ.
+    # Each node has 2 GiB of boot memory, so ~6 GiB Movable per node when numa-aware,
+    # ~12 GiB over both when not: the -high sessions grow node 1's device past 6 GiB.
     "numa2-virtio-mem": virtio_mem_session("numa2-virtio-mem", [[1, 1], [1, 2], [2, 3]],
                                            numa=NUMA2, nodes=(0, 1)),
-    "numa2-virtio-mem-nonuma": virtio_mem_session(
-        "numa2-virtio-mem-nonuma", [[1, 1], [1, 2], [2, 3]], numa=NUMA2, nodes=(0, 1),
-        append=AUTO_MOVABLE + ["memory_hotplug.auto_movable_numa_aware=N"]),
+    "numa2-virtio-mem-high": virtio_mem_session("numa2-virtio-mem", [[1, 6], [1, 7]], numa=NUMA2,
+                                                nodes=(0, 1), fast_forward=[1, 5]),
+    "numa2-virtio-mem-nonuma": virtio_mem_session("numa2-virtio-mem-nonuma", [[1, 1], [1, 2], [2, 3]],
+                                                  numa=NUMA2, nodes=(0, 1), append=NONUMA),
+    "numa2-virtio-mem-nonuma-high": virtio_mem_session("numa2-virtio-mem-nonuma", [[1, 6], [1, 7]],
+                                                       numa=NUMA2, nodes=(0, 1), append=NONUMA,
+                                                       fast_forward=[1, 5]),
 }
 
 
