@@ -9,11 +9,11 @@ from . import backend as B
 
 RULES_DIRS = ("usr/lib/udev/rules.d", "lib/udev/rules.d", "run/udev/rules.d", "etc/udev/rules.d")
 
-# A rule line that assigns a memory block's state: ATTR{state}="online..." in a
-# rule about the memory subsystem (or a file that is about it, as the
-# distributions' rules use GOTO labels per subsystem).
-_ASSIGN_STATE = re.compile(r'ATTR\{state\}\s*=\s*"(online[a-z_]*)"')
-_MEMORY = re.compile(r'SUBSYSTEM\s*==\s*"memory"')
+# A line that assigns a block's state (ATTR{state}="online", or a variable as
+# in RHEL's 40-redhat.rules) in a file about the memory subsystem: the
+# distributions' rules skip other subsystems with SUBSYSTEM!="memory", GOTO=.
+_ASSIGN_STATE = re.compile(r'ATTR\{state\}\s*=\s*"([^"]*)"')
+_MEMORY = re.compile(r'SUBSYSTEM\s*[!=]=\s*"memory"')
 
 
 @dataclass
