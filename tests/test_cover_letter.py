@@ -2,6 +2,8 @@
 guest (KERNEL-NOTES section 3), done by memonlined on the fake kernel with
 the kernel's own policy switched off (contig-zones, as on 5.10)."""
 
+import pytest
+
 from fakekernel import FakeKernel
 from kernelbackend import memonlined
 
@@ -13,19 +15,13 @@ def zones(kernel, first, last):
     return [layout[i] for i in range(first, last + 1)]
 
 
-def test_five_dimms_hot_plugged_one_by_one(tmp_path):
+@pytest.mark.parametrize("one_by_one", [True, False], ids=["hot-plugged one by one", "all present at once"])
+def test_five_dimms(tmp_path, one_by_one):
     kernel = FakeKernel(tmp_path, policy="contig-zones")
     for _ in range(5):
         kernel.add_dimm(4 * GiB)
-        assert memonlined(kernel, "online")[0] == 0
-    assert zones(kernel, 48, 143) == ["Movable"] * 96
-    assert zones(kernel, 144, 207) == ["Normal"] * 64
-
-
-def test_five_dimms_present_at_once(tmp_path):
-    kernel = FakeKernel(tmp_path, policy="contig-zones")
-    for _ in range(5):
-        kernel.add_dimm(4 * GiB)
+        if one_by_one:
+            assert memonlined(kernel, "online")[0] == 0
     assert memonlined(kernel, "online")[0] == 0
     assert zones(kernel, 48, 143) == ["Movable"] * 96
     assert zones(kernel, 144, 207) == ["Normal"] * 64
