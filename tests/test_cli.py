@@ -1,0 +1,118 @@
+"""The command line on recorded trees and on the fake kernel: status,
+explain, doctor, capture, and the daemon's modes."""
+
+import json
+import os
+
+import pytest
+
+from fakekernel import FakeKernel
+from kernelbackend import KernelBackend, memonlined
+from memonlined.backend import Backend
+from memonlined.cli import configure_kernel, resolve_mode
+from memonlined.discover import discover
+from memonlined.policy import Settings
+
+DATA = os.path.join(os.path.dirname(__file__), "data")
+DIMMS = os.path.join(DATA, "dimm-4x4g")   # a real 6.1 guest: five offline 4 GiB DIMMs
+GiB = 1 << 30
+
+
+def test_status_json_merges_ranges_like_lsmem():
+    rc, out = memonlined(DIMMS, "status", "--json")
+    assert rc == 0
+    rows = json.loads(out)["memory"]
+    offline = [(r["block"], r["device"], r["choice"]) for r in rows if r["state"] == "offline"]
+    assert offline == [("48-79", "PNP0C80:00", "Movable"), ("80-111", "PNP0C80:01", "Movable"),
+                       ("112-143", "PNP0C80:02", "Movable"), ("144-175", "PNP0C80:03", "Normal"),
+                       ("176-207", "PNP0C80:04", "Normal")]
+    assert rows[0]["range"] == "0x0000000000000000-0x0000000007ffffff" and rows[0]["size"] == "128M"
+    (node,) = json.loads(out)["nodes"]
+    assert node["movable_mib"] == 0 and node["early_kernel_mib"] == 4095
+
+
+def test_status_text():
+    rc, out = memonlined(DIMMS, "status")
+    assert rc == 0
+    assert "0x0000000480000000-0x000000057fffffff  4G    offline  144-175  -       0     PNP0C80:03  Normal" in out
+    assert "Node 0: early kernel 4095M, movable 0M" in out
+
+
+def test_explain_gives_the_numbers_after_the_blocks_before_it():
+    rc, out = memonlined(DIMMS, "explain", "144", "--json")
+    assert rc == 0
+    d = json.loads(out)
+    assert (d["zone"], d["device"]) == ("Normal", "PNP0C80:03")
+    (check,) = d["checks"]                      # the system-wide check failed: no per-node one
+    # three 4 GiB DIMMs before it went Movable; 4 GiB more does not fit 301% of the boot memory
+    assert check["movable"] == 3 * 1048576 and check["nr_pages"] == 1048576
+    assert check["limit"] == 301 * check["kernel_early"] // 100 and not check["ok"]
+    rc, out = memonlined(DIMMS, "explain", "144")
+    assert "after the 96 offline blocks below it" in out and "does not fit" in out
+
+
+def test_explain_of_an_online_and_of_a_missing_block():
+    assert memonlined(DIMMS, "explain", "40")[1].strip() == "memory40 is online in Normal (boot)"
+    assert memonlined(DIMMS, "explain", "9999")[0] == 2
+
+
+def test_doctor():
+    rc, out = memonlined(DIMMS, "doctor")
+    assert rc == 0
+    assert "in-kernel auto-movable policy: yes" in out
+    assert "device PNP0C80:04: dimm, node 0, size 4G, 32 blocks" in out
+
+
+def test_capture_gives_the_same_answers(tmp_path):
+    out = str(tmp_path / "copy")
+    assert memonlined(DIMMS, "capture", out)[0] == 0
+    assert memonlined(out, "online", "--dry-run", "--json") == memonlined(DIMMS, "online", "--dry-run", "--json")
+    assert os.readlink(os.path.join(out, "sys/devices/system/memory/memory48/firmware_node")).startswith("../../../")
+
+
+@pytest.mark.parametrize("mode, settings, kernel_has_policy, expected", [
+    ("userspace", {}, True, "userspace"),
+    ("kernel", {}, True, "kernel"),
+    ("kernel", {}, False, "userspace"),
+    ("auto", {}, True, "kernel"),
+    ("auto", {}, False, "userspace"),
+    ("auto", {"overrides": {"dax": "movable"}}, True, "userspace"),
+    ("auto", {"kernel_floor_mib": 256}, True, "userspace"),
+    ("auto", {"policy": "movable"}, True, "userspace"),
+])
+def test_resolve_mode(tmp_path, mode, settings, kernel_has_policy, expected):
+    kernel = FakeKernel(tmp_path, kernel_version=(6, 1) if kernel_has_policy else (5, 10))
+    machine = discover(Backend(kernel.root))
+    assert resolve_mode(machine, Settings(mode=mode, **settings))[0] == expected
+
+
+def test_kernel_mode_hands_the_decisions_to_the_kernel(tmp_path):
+    kernel = FakeKernel(tmp_path, policy="contig-zones", ratio=301)
+    configure_kernel(KernelBackend(kernel), Settings(ratio=150, numa_aware=False))
+    params = os.path.join(kernel.root, "sys/module/memory_hotplug/parameters")
+    assert [open(os.path.join(params, n)).read().strip()
+            for n in ("online_policy", "auto_movable_ratio", "auto_movable_numa_aware")] == ["auto-movable", "150", "N"]
+    kernel.add_dimm(4 * GiB)                   # 4 GiB fits 150% of 4 GiB: the kernel onlines it Movable itself
+    assert {kernel.layout()[i] for i in range(48, 80)} == {"Movable"}
+
+
+def test_kernel_floor(tmp_path):
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    kernel.add_dimm(GiB)
+    kernel.add_dimm(GiB)
+    assert memonlined(kernel, "--kernel-floor-mib", "1024", "online")[0] == 0
+    assert [kernel.layout()[i] for i in (48, 55, 56, 63)] == ["Normal", "Normal", "Movable", "Movable"]
+
+
+def test_overrides_by_kind_and_by_device(tmp_path):
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    kernel.add_dimm(GiB)                       # PNP0C80:00
+    kernel.add_dimm(GiB)                       # PNP0C80:01
+    vm = kernel.add_virtio_mem(4 * GiB)
+    kernel.virtio_mem_plug(vm, GiB)
+    rc, _ = memonlined(kernel, "--override", "dimm=kernel", "--override", "PNP0C80:01=movable",
+                       "--policy", "kernel", "--override", f"{vm}=auto-movable", "online")
+    assert rc == 0
+    layout = kernel.layout()
+    assert [layout[i] for i in (48, 56)] == ["Normal", "Movable"]
+    assert {layout[i] for i in kernel.devices[vm].blocks} == {"Movable"}
