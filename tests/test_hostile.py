@@ -153,7 +153,7 @@ def test_a_garbled_block_is_skipped_and_the_rest_handled(kernel, caplog, name, t
     assert rc == 0
     assert 51 not in [w[0] for w in backend.writes]
     assert [z for i, z in enumerate(layout(kernel)) if i != 3] == ["Movable"] * 7
-    assert f"memory51: " in caplog.text and "skipped" in caplog.text
+    assert "memory51: " in caplog.text and "skipped" in caplog.text
 
 
 def test_a_block_without_valid_zones_is_skipped(kernel, caplog):
