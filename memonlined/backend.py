@@ -11,6 +11,7 @@ from typing import Dict, Iterator, List, Optional
 
 MEMORY = "sys/devices/system/memory"
 NODE = "sys/devices/system/node"
+ACPI_DEVICES = "sys/bus/acpi/devices"
 PARAMETERS = "sys/module/memory_hotplug/parameters"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
 FIRMWARE_MEMMAP = "sys/firmware/memmap"
@@ -168,6 +169,9 @@ def capture_paths(backend: Backend) -> Iterator[str]:
             for entry in backend.listdir(f"{NODE}/{name}"):
                 if entry.startswith("memory") and entry[6:].isdigit():
                     yield f"{NODE}/{name}/{entry}"
+    for name in backend.listdir(ACPI_DEVICES):
+        if name.startswith("PNP0C80:"):
+            yield f"{ACPI_DEVICES}/{name}"
     for name in backend.listdir(PARAMETERS):
         yield f"{PARAMETERS}/{name}"
     yield BOOT_PARAMS

@@ -25,6 +25,9 @@ from .writer import ALREADY_ONLINE, FAILED, online_blocks
 log = logging.getLogger(__name__)
 
 STATE_FILE = "handled"
+# How long a batch may wait for an ACPI DIMM's firmware_node links, which the
+# kernel creates only after all of the DIMM's blocks (their add uevents).
+LINK_WAIT = 2.0
 
 
 class Stop(Exception):
@@ -85,6 +88,7 @@ class Daemon:
         self.reader: Optional[Reader] = None
         self.pending: Set[int] = set()
         self.deadline: Optional[float] = None
+        self.first_add = 0.0
         self.previous_auto_online: Optional[str] = None
         self.counts = {"onlined": 0, "failed": 0, "conflicts": 0}
 
@@ -189,7 +193,8 @@ class Daemon:
         if action == "add":
             self.pending.add(index)
             if self.deadline is None:
-                self.deadline = time.monotonic() + self.settle
+                self.first_add = time.monotonic()
+                self.deadline = self.first_add + self.settle
         elif action in ("online", "offline", "change"):
             if index in self.pending:
                 return  # the batch will read it
@@ -221,6 +226,14 @@ class Daemon:
         for index in batch:
             self.refresh(index)
         self.reader.size_dimms()
+        waiting = [i for i in batch if i in self.machine.blocks and self.machine.blocks[i].state == "offline"
+                   and self.reader.unlinked(self.machine.blocks[i])]
+        now = time.monotonic()
+        if waiting and now - self.first_add < LINK_WAIT:
+            # A DIMM still being added: decide it whole once its links are there.
+            self.pending, self.deadline = set(batch), now + max(self.settle, 0.005)
+            self.machine.warnings.clear()
+            return
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()

@@ -121,12 +121,12 @@ class Reader:
         self.drivers = driver_resources(iomem)
         self._driver_starts = [r[0] for r in self.drivers]
         # Top-level System RAM the boot E820 table does not list: hot-plugged
-        # (DIMM) ranges, identifiable before their firmware_node links appear.
+        # ranges (one per ACPI DIMM range; also Hyper-V and Xen balloon
+        # memory, which is in no memory group).
         self.hotplug_ram = []
         if self.e820 is not None:
             self._e820_starts = [r[0] for r in self.e820]
-            self.hotplug_ram = [(r.start, r.end + 1, f"System RAM {r.start:#x}-{r.end:#x}", DIMM)
-                                for r in iomem if r.name == "System RAM"
+            self.hotplug_ram = [(r.start, r.end + 1) for r in iomem if r.name == "System RAM"
                                 and not _overlaps(self.e820, self._e820_starts, r.start, r.end + 1)]
         self._ram_starts = [r[0] for r in self.hotplug_ram]
 
@@ -173,18 +173,22 @@ class Reader:
             return Block(index, state, node, valid_zones, True, None)
         if firmware is None:
             firmware = self.backend.readlink(f"{B.block_dir(index)}/firmware_node")
-        name = None
+        group = None
         if firmware is not None and "PNP0C80" in firmware:
             name = os.path.basename(firmware)
-        else:
-            ram = _find(self.hotplug_ram, self._ram_starts, start)
-            name = ram[2] if ram else None  # a DIMM whose link is not there yet
-        group = None
-        if name is not None:
             group = machine.groups.get(name)
             if group is None:
                 group = machine.add_group(Group(name, DIMM, node, dynamic=False))
+        # Else memory in no group: Hyper-V or Xen balloon memory, or a DIMM
+        # whose links are not there yet (the daemon waits for them: unlinked()).
         return Block(index, state, node, valid_zones, False, group)
+
+    def unlinked(self, block: Block) -> bool:
+        """Is this hot-plugged memory that may be an ACPI DIMM still being
+        added (its blocks come before its firmware_node links)?"""
+        return (block.group is None and not block.early and self.e820 is not None
+                and _find(self.hotplug_ram, self._ram_starts, block.index * self.machine.block_size) is not None
+                and any(n.startswith("PNP0C80:") for n in self.backend.listdir(B.ACPI_DEVICES)))
 
     def _driver_group(self, res, node) -> Group:
         start, end, name, kind = res
@@ -205,18 +209,21 @@ class Reader:
 
     def size_dimms(self) -> None:
         """A DIMM's max_pages is the whole device, boot parts included
-        (acpi_memhotplug.c); count its linked blocks. An unlinked range is its
-        iomem resource."""
-        counts: Dict[str, int] = {}
+        (acpi_memhotplug.c): its linked blocks, or more where its /proc/iomem
+        range says so (links that are not all there yet)."""
+        pages: Dict[str, int] = {}
+        ranges: Dict[str, set] = {}
         for block in self.machine.blocks.values():
-            if block.group is not None and block.group.kind == DIMM:
-                counts[block.group.name] = counts.get(block.group.name, 0) + 1
+            group = block.group
+            if group is not None and group.kind == DIMM:
+                pages[group.name] = pages.get(group.name, 0) + self.machine.block_pages
+                ram = _find(self.hotplug_ram, self._ram_starts, block.index * self.machine.block_size)
+                if ram is not None:
+                    ranges.setdefault(group.name, set()).add(ram)
         for name, group in self.machine.groups.items():
             if group.kind == DIMM:
-                group.max_pages = counts.get(name, 0) * self.machine.block_pages
-        for start, end, name, _ in self.hotplug_ram:
-            if name in self.machine.groups:
-                self.machine.groups[name].max_pages = (end - start) // PAGE_SIZE
+                in_iomem = sum(end - start for start, end in ranges.get(name, ())) // PAGE_SIZE
+                group.max_pages = max(pages.get(name, 0), in_iomem)
 
 
 def discover(backend: B.Backend) -> Machine:

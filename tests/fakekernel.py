@@ -1009,6 +1009,11 @@ class FakeKernel:
         self._write(d + "/hid", "PNP0C80\n")
         self._write(d + "/status", "15\n")
         self._write(d + "/path", "\\_SB_.MHPC.MP%02X\n" % int(name.split(":")[1], 16))
+        # The ACPI bus lists the device (drivers/acpi/scan.c) before its
+        # driver adds the memory.
+        bus = os.path.join(self.root, "sys/bus/acpi/devices")
+        os.makedirs(bus, exist_ok=True)
+        os.symlink("../../../devices/%s/%s" % (ACPI_MEMORY_BUS, name), os.path.join(bus, name))
 
     def add_dimm(self, size, node=0, start=None, link_firmware_node=True):
         """An ACPI memory device (drivers/acpi/acpi_memhotplug.c

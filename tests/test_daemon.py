@@ -283,3 +283,23 @@ def test_sigterm_in_the_middle_of_a_batch_finishes_it_and_exits_cleanly(tmp_path
     assert run(script) == 0
     assert {kernel.layout()[i] for i in range(48, 80)} == {"Movable"}
     assert run.notes[-1] == "STOPPING=1"
+
+
+def test_a_dimm_is_decided_whole_although_its_links_come_after_its_blocks(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    for k in (kernel, twin):
+        k.add_dimm(10 * GiB)                     # leaves 2 GiB of room: a block fits, a 4 GiB DIMM does not
+    twin.add_dimm(4 * GiB)
+    kernel_online_all(twin)
+
+    def script(run):
+        name = run.locked("add_dimm", 4 * GiB, link_firmware_node=False)   # blocks and add events first ...
+        time.sleep(0.2)
+        assert {kernel.layout()[i] for i in range(128, 160)} == {None}      # ... memonlined waits ...
+        run.locked("link_firmware_nodes", name)                            # ... for the links
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)
+    assert kernel.layout() == twin.layout()
+    assert {kernel.layout()[i] for i in range(128, 160)} == {"Normal"}
