@@ -25,8 +25,8 @@ from .writer import ALREADY_ONLINE, FAILED, online_blocks
 log = logging.getLogger(__name__)
 
 STATE_FILE = "handled"
-# How long a batch may wait for an ACPI DIMM's firmware_node links, which the
-# kernel creates only after all of the DIMM's blocks (their add uevents).
+# How long a batch may wait for what the kernel adds after a block's add
+# uevent: its node link, and an ACPI DIMM's firmware_node links.
 LINK_WAIT = 2.0
 
 
@@ -83,7 +83,9 @@ class Daemon:
         self.dry_run = dry_run
         self.take_over = take_over_auto_online
         self.kernel_mode = kernel_mode  # the kernel decides; memonlined onlines leftovers and reports
-        self.handled = Handled(state_dir)
+        # A dry run remembers nothing: the next real run must not take its
+        # would-be onlined blocks for blocks an administrator offlined.
+        self.handled = Handled(None if dry_run else state_dir)
         self.machine: Optional[Machine] = None
         self.reader: Optional[Reader] = None
         self.pending: Set[int] = set()
@@ -226,11 +228,14 @@ class Daemon:
         for index in batch:
             self.refresh(index)
         self.reader.size_dimms()
-        waiting = [i for i in batch if i in self.machine.blocks and self.machine.blocks[i].state == "offline"
-                   and self.reader.unlinked(self.machine.blocks[i])]
+        # A block whose node link is not there yet (the add uevent comes
+        # before it), or a DIMM still being added (its firmware_node links
+        # come after all its blocks): read the batch again a little later.
+        waiting = [i for i in batch if (i not in self.machine.blocks and self.backend.exists(B.block_dir(i)))
+                   or (i in self.machine.blocks and self.machine.blocks[i].state == "offline"
+                       and self.reader.unlinked(self.machine.blocks[i]))]
         now = time.monotonic()
         if waiting and now - self.first_add < LINK_WAIT:
-            # A DIMM still being added: decide it whole once its links are there.
             self.pending, self.deadline = set(batch), now + max(self.settle, 0.005)
             self.machine.warnings.clear()
             return

@@ -187,9 +187,10 @@ _KMSG_VIRTIO_MEM = re.compile(r"virtio_mem (virtio\d+): ([a-z ]+): (0x[0-9a-fA-F
 
 
 def kmsg_message(record: str) -> str:
-    """The message of a /dev/kmsg record ('PRIO,SEQ,USEC,FLAGS;message')."""
+    """The message of a /dev/kmsg record ('PRIO,SEQ,USEC,FLAGS;message'),
+    without the continuation lines (' SUBSYSTEM=virtio') that follow it."""
     head, sep, message = record.partition(";")
-    return message if sep and "," in head else record
+    return (message if sep and "," in head else record).split("\n", 1)[0]
 
 
 def parse_virtio_mem_probes(messages: List[str]) -> Dict[str, VirtioMemProbe]:

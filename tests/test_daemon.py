@@ -303,3 +303,29 @@ def test_a_dimm_is_decided_whole_although_its_links_come_after_its_blocks(tmp_pa
     Run(kernel, tmp_path / "run")(script)
     assert kernel.layout() == twin.layout()
     assert {kernel.layout()[i] for i in range(128, 160)} == {"Normal"}
+
+
+def test_a_dry_run_leaves_nothing_behind_for_the_next_run(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    kernel.add_dimm(GiB)
+    state = tmp_path / "run"
+    Run(kernel, state, dry_run=True)(lambda run: None)
+    assert set(kernel.layout().values()) >= {None} and not (state / "handled").exists()
+    Run(kernel, state)(lambda run: None)          # the real run onlines what the dry run only predicted
+    assert None not in kernel.layout().values()
+
+
+def test_a_block_read_before_its_node_link_exists_is_read_again(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+
+    def script(run):
+        with run.backend.lock:
+            kernel.add_dimm(GiB)
+            link = tmp_path / "k/sys/devices/system/memory/memory50/node0"
+            os.unlink(link)                       # the add uevent comes before the node link
+        run.monitor.relay()
+        time.sleep(0.1)
+        os.symlink("../../node/node0", link)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)

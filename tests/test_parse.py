@@ -116,6 +116,8 @@ def test_virtio_mem_probe_lines():
         "6,112,2000,-;virtio_mem virtio6: big block size: 0x40000000",
         "6,113,2000,-;virtio_mem virtio7: start address: 0x900000000",
     ]
+    # as read from /dev/kmsg: one record per read, with its continuation lines
+    records = [r + "\n SUBSYSTEM=virtio\n DEVICE=+virtio:virtio5" for r in records]
     probes = parse_virtio_mem_probes([kmsg_message(r) for r in records])
     assert probes["virtio5"].unit_bytes == 0x8000000
     assert probes["virtio5"].fields["nid"] == 0
