@@ -110,11 +110,12 @@ class Guest:
     """A running guest; use as a context manager so QEMU never outlives the test."""
 
     def __init__(self, vmlinuz, memory_mib=4096, slots=8, maxmem_mib=65536, numa=(),
-                 append=(), qemu_opts=(), rwdirs=(), boot_timeout=240):
+                 append=(), qemu_opts=(), rwdirs=(), boot_timeout=240, cpus=None):
         self.vmlinuz = vmlinuz
         self.memory = f"{memory_mib},slots={slots},maxmem={maxmem_mib}"
         self.numa, self.append, self.qemu_opts, self.rwdirs = numa, append, qemu_opts, rwdirs
         self.boot_timeout = boot_timeout
+        self.cpus = cpus
         self.proc = self.qmp = None
         self.seq = 0
 
@@ -150,6 +151,8 @@ class Guest:
             cmd += ["--numa", n]
         for d in self.rwdirs:
             cmd += ["--rwdir", d]
+        if self.cpus is not None:
+            cmd += ["--cpus", str(self.cpus)]
         env = dict(os.environ, PATH=os.path.join(REPO, ".venv/bin") + ":" + os.environ["PATH"])
         self.console = os.path.join(self.workdir, "console.log")
         self.t0 = time.monotonic()

@@ -1,0 +1,203 @@
+"""Scenario 8: the shipped systemd unit in a guest with systemd as init.
+
+A debootstrap'ed Debian bookworm root (tests/e2e/systemd_image.sh, cached
+under /var/cache/memonlined-e2e/systemd-root) gets this checkout's memonlined
+in /usr/local (Debian's python3-pyudev, -psutil, -systemd), the unit
+systemd/memonlined.service unchanged (ExecStart=/usr/local/bin/memonlined run)
+and a oneshot check unit that reports on the serial console. QEMU boots it
+directly (TCG); the test hot-plugs a 4 GiB DIMM over QMP once the check unit
+says memonlined is active. The heaviest e2e test (first run: about 1.5 min
+more to build the root): only with MEMONLINED_E2E_SYSTEMD=1.
+
+    MEMONLINED_E2E_SYSTEMD=1 .venv/bin/python -m pytest tests/e2e -m vm_systemd
+"""
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from guest import CACHE, GiB, QMP, REPO
+import scenarios as S
+
+ROOT = os.path.join(CACHE, "systemd-root")
+HERE = os.path.dirname(os.path.abspath(__file__))
+DECISION_ID = "3f0b6c2e8d4a4f5bb1c9e7a2d5f81c40"
+
+pytestmark = [
+    pytest.mark.vm_systemd,
+    pytest.mark.skipif(os.environ.get("MEMONLINED_E2E_SYSTEMD") != "1",
+                       reason="the systemd-unit guest runs only with MEMONLINED_E2E_SYSTEMD=1"),
+]
+
+CHECK_UNIT = """[Unit]
+Description=memonlined e2e check
+After=memonlined.service multi-user.target
+Wants=memonlined.service
+
+[Service]
+Type=oneshot
+StandardOutput=tty
+StandardError=tty
+TTYPath=/dev/ttyS0
+ExecStart=/usr/local/bin/e2e-check
+ExecStartPost=/bin/systemctl poweroff --no-block
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+CHECK = r"""#!/bin/sh
+export SYSTEMD_COLORS=0 SYSTEMD_PAGER=
+cd /sys/devices/system/memory
+show() { systemctl show -p ActiveState -p SubState -p StatusText -p NRestarts memonlined | tr '\n' ' '; }
+echo "E2E-STATUS $(show)"
+n0=$(ls -d memory[0-9]* | wc -l)
+echo "E2E-READY $n0"
+want=$((n0 + 32)); i=0
+while [ $i -lt 600 ]; do
+    n=$(ls -d memory[0-9]* | wc -l)
+    off=$(cat memory[0-9]*/state | grep -c offline)
+    [ "$n" -ge "$want" ] && [ "$off" = 0 ] && break
+    sleep 0.5; i=$((i + 1))
+done
+echo "E2E-LAYOUT-BEGIN"
+for d in memory[0-9]*; do read s < $d/state; read z < $d/valid_zones; echo "${d#memory} $s - $z"; done
+echo "E2E-LAYOUT-END"
+echo "E2E-STATUS2 $(show)"
+echo "E2E-JOURNAL-BEGIN"
+journalctl -u memonlined -o verbose MESSAGE_ID=%s --no-pager
+echo "E2E-JOURNAL-END"
+echo "E2E-LOG-BEGIN"
+journalctl -u memonlined --no-pager | tail -n 40
+echo "E2E-LOG-END"
+""" % DECISION_ID
+
+ENTRY = """#!/usr/bin/python3
+import sys
+from memonlined.cli import main
+sys.exit(main())
+"""
+
+
+@pytest.fixture(scope="session")
+def systemd_root(e2e_ready):
+    p = subprocess.run(["bash", os.path.join(HERE, "systemd_image.sh")], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if p.returncode:
+        pytest.fail(f"tests/e2e/systemd_image.sh failed:\n{p.stdout[-3000:]}", pytrace=False)
+    return ROOT
+
+
+def install(root):
+    """This checkout's memonlined, the shipped unit and the check unit into ROOT."""
+    site = glob.glob(os.path.join(root, "usr/lib/python3.*"))[0].replace("/usr/lib/", "/usr/local/lib/")
+    dest = os.path.join(site, "dist-packages", "memonlined")
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(os.path.join(REPO, "memonlined"), dest, ignore=shutil.ignore_patterns("__pycache__"))
+    files = {"usr/local/bin/memonlined": (ENTRY, 0o755), "usr/local/bin/e2e-check": (CHECK, 0o755),
+             "etc/systemd/system/e2e-check.service": (CHECK_UNIT, 0o644)}
+    with open(os.path.join(REPO, "systemd/memonlined.service")) as f:
+        files["etc/systemd/system/memonlined.service"] = (f.read(), 0o644)
+    for rel, (text, mode) in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+    for target, unit in (("sysinit.target", "memonlined.service"), ("multi-user.target", "e2e-check.service")):
+        wants = os.path.join(root, "etc/systemd/system", target + ".wants")
+        os.makedirs(wants, exist_ok=True)
+        link = os.path.join(wants, unit)
+        if not os.path.lexists(link):
+            os.symlink(f"/etc/systemd/system/{unit}", link)
+
+
+def section(text, name):
+    m = re.search(rf"E2E-{name}-BEGIN\r?\n(.*?)E2E-{name}-END", text, re.S)
+    return m.group(1).replace("\r", "") if m else ""
+
+
+def journal_entries(text):
+    """journalctl -o verbose: an unindented header line, then indented FIELD=value lines."""
+    entries, cur = [], None
+    for line in re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines():
+        if line and not line[0].isspace():
+            cur = {}
+            entries.append(cur)
+        elif cur is not None and "=" in line:
+            k, v = line.strip().split("=", 1)
+            cur[k] = v
+    return entries
+
+
+def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root):
+    t0 = time.monotonic()
+    install(systemd_root)
+    work = tempfile.mkdtemp(prefix="memonlined-e2e-sd-", dir="/tmp")
+    proc = None
+    try:
+        img = os.path.join(work, "root.img")
+        subprocess.run(["mkfs.ext4", "-q", "-d", systemd_root, img, "2000M"], check=True)
+        vmlinuz = sorted(glob.glob(os.path.join(systemd_root, "boot/vmlinuz-*")))[-1]
+        initrd = sorted(glob.glob(os.path.join(systemd_root, "boot/initrd.img-*")))[-1]
+        sock, console = os.path.join(work, "qmp.sock"), os.path.join(work, "console.log")
+        cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "2G,slots=4,maxmem=16G",
+               "-nographic", "-no-reboot", "-kernel", vmlinuz, "-initrd", initrd,
+               "-append", "root=/dev/vda rw console=ttyS0 memhp_default_state=offline quiet "
+                          "systemd.show_status=0 loglevel=3",
+               "-drive", f"file={img},if=virtio,format=raw", "-qmp", f"unix:{sock},server=on,wait=off"]
+        with open(console, "w") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+        qmp = QMP(sock)
+
+        def text():
+            with open(console, errors="replace") as f:
+                return f.read()
+
+        deadline = time.monotonic() + 300
+        while "E2E-READY" not in text():
+            assert proc.poll() is None, f"guest exited before the check ran:\n{text()[-5000:]}"
+            assert time.monotonic() < deadline, f"no E2E-READY after 300 s:\n{text()[-5000:]}"
+            time.sleep(0.5)
+        ready = time.monotonic() - t0
+        status = re.search(r"E2E-STATUS (.*)", text()).group(1)
+        assert "ActiveState=active" in status and "SubState=running" in status, \
+            f"memonlined.service is not active (READY) when multi-user is reached: {status}\n{text()[-5000:]}"
+        qmp.execute("object-add", **{"qom-type": "memory-backend-ram", "id": "d0-mem", "size": 4 * GiB,
+                                     "reserve": False})
+        qmp.execute("device_add", driver="pc-dimm", id="d0", memdev="d0-mem")
+        proc.wait(400)
+        out = text()
+        if os.environ.get("MEMONLINED_E2E_KEEP"):
+            shutil.copy(console, os.environ["MEMONLINED_E2E_KEEP"])
+    finally:
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    S.note_time("systemd unit guest: boot to memonlined active (incl. image)", ready)
+    S.note_time("systemd unit guest: total", time.monotonic() - t0)
+
+    zones = {}
+    for line in section(out, "LAYOUT").splitlines():
+        n, state, _, valid = line.split(" ", 3)
+        zones[int(n)] = valid.split()[0] if state == "online" else None
+    dimm = [n for n in zones if n >= 32]
+    assert len(dimm) == 32 and all(zones[n] == "Movable" for n in dimm), \
+        f"the DIMM was not onlined to Movable: {S.summary(zones)}\n{section(out, 'LOG')}"
+    status2 = re.search(r"E2E-STATUS2 (.*)", out).group(1)
+    assert "ActiveState=active" in status2 and "NRestarts=0" in status2, status2
+    entries = [e for e in journal_entries(section(out, "JOURNAL")) if "BLOCK" in e]
+    by_block = {int(e["BLOCK"]): e for e in entries}
+    assert sorted(by_block) == sorted(dimm), f"journal decisions for {sorted(by_block)}\n{section(out, 'JOURNAL')[-3000:]}"
+    for n in dimm:
+        e = by_block[n]
+        assert e.get("ZONE") == "Movable" and e.get("DEVICE", "").startswith("PNP0C80:") and e.get("REASON"), e
+        assert e.get("RESULT") == "onlined", e
