@@ -179,3 +179,27 @@ def test_writes_stay_inside_the_root(tmp_path):
     with pytest.raises(ValueError):
         backend.write_setting("etc/passwd", "x")
     assert outside.read_text() == "untouched\n"
+
+
+def test_a_short_write_is_a_failed_write(kernel, monkeypatch, caplog):
+    import memonlined.backend as backend_module
+    real_write = os.write
+
+    class ShortBackend(KernelBackend):
+        """Goes through the real write path, where the kernel takes one byte too few
+        (and, like sysfs, the block's state file is left as it was)."""
+
+        def write_block_state(self, index, value):
+            if index == 50 and value == "online_movable":
+                monkeypatch.setattr(backend_module.os, "write", lambda fd, data: len(data) - 1)
+                try:
+                    return Backend.write_block_state(self, index, value)
+                finally:
+                    monkeypatch.setattr(backend_module.os, "write", real_write)
+            return super().write_block_state(index, value)
+
+    from memonlined.backend import Backend
+    rc, out = _run(kernel, ShortBackend(kernel), "online", "--json")
+    assert rc == 0
+    assert "memory50: online_movable failed (EIO); falling back to online_kernel" in caplog.text
+    assert kernel.layout()[50] == "Normal"
