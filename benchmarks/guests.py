@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
 from guest import REPO, GiB, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
+from scenarios import summary  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = 128 * MiB
@@ -288,16 +289,6 @@ def layout(g):
         n, state, zones = line.split(" ", 2)
         out[int(n)] = zones.split()[0] if state == "online" else None
     return out
-
-
-def summary(zones):
-    runs = []
-    for n, z in sorted(zones.items()):
-        if runs and runs[-1][2] == z and runs[-1][1] == n - 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n, z])
-    return ", ".join(f"{a}-{b} {z}" if a != b else f"{a} {z}" for a, b, z in runs)
 
 
 def zone_totals(zones, first=0):
