@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Benchmark of the daemon (memonlined run). Run by hand, as root:
-python3 benchmarks/daemon.py
+.venv/bin/python benchmarks/daemon.py
 
 1. Latency: 50 blocks added one at a time (as virtio-mem adds them), then
    a burst of 1024 add events (eight 16 GiB DIMMs) on the fake

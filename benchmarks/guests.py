@@ -26,7 +26,6 @@ Prints a table, writes benchmarks/guests-results.json. Each guest runs inside
 the Guest context manager (tests/e2e/guest.py): QEMU never outlives the script.
 """
 import argparse
-import glob
 import json
 import os
 import shutil
@@ -34,16 +33,14 @@ import signal
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
-from guest import REPO, GiB, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
-from scenarios import summary  # noqa: E402
+from guest import GiB, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
+from scenarios import bundle, summary  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = 128 * MiB
@@ -67,25 +64,6 @@ UDEV_RULE_TEXT = 'SUBSYSTEM=="memory", ACTION=="add", ATTR{state}=="offline", AT
 MO_WRAPPER = """#!/bin/sh
 exec python3 -S -c 'import sys; sys.path[:0] = ["/run/py"]; from memonlined.cli import main; sys.exit(main(sys.argv[1:]))' --config /dev/null "$@"
 """
-_bundle = None
-
-
-def bundle():
-    global _bundle
-    if _bundle is None:
-        site = glob.glob(os.path.join(REPO, ".venv/lib/python3*/site-packages"))
-        fd, path = tempfile.mkstemp(prefix="memonlined-bench-py-", suffix=".tar", dir="/tmp")
-        os.close(fd)
-        with tarfile.open(path, "w") as tar:
-            tar.add(os.path.join(REPO, "memonlined"), "memonlined")
-            for name in ("pyudev", "psutil", "systemd"):
-                src = os.path.join(site[0], name)
-                if os.path.exists(src):
-                    tar.add(src, name)
-        _bundle = path
-    return _bundle
-
-
 def start_memonlined(g, timeout=180):
     shutil.copy(bundle(), os.path.join(g.share, "py.tar"))
     with open(os.path.join(g.share, "mo"), "w") as f:

@@ -6,7 +6,7 @@ blocks (512 GiB and 2 TiB) spread over 4 nodes, half in DIMMs and half in
 virtio-mem devices, and times the whole command (interpreter start, full
 discovery, the plan of every block, the JSON) in a fresh process, several
 runs each. Prints the median wall time, the ratio between the two sizes and
-the peak resident memory. Run by hand: python3 benchmarks/plan.py
+the peak resident memory. Run by hand: .venv/bin/python benchmarks/plan.py
 """
 
 import os

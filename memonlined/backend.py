@@ -106,25 +106,24 @@ class Backend:
         EAGAIN; in a captured tree it is a plain file, one record a line."""
         path = self.path(KMSG)
         try:
+            if os.path.isfile(path):
+                with open(path, encoding="utf-8", errors="replace") as f:
+                    return f.read().splitlines()
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
         except OSError:
             return []
         records = []
         try:
-            if not os.path.isfile(path):
-                while True:
-                    try:
-                        chunk = os.read(fd, 8192)
-                    except BlockingIOError:
-                        break
-                    except BrokenPipeError:  # a record was overwritten: go on
-                        continue
-                    if not chunk:
-                        break
-                    records.append(chunk.decode("utf-8", "replace").rstrip("\n"))
-            else:
-                with os.fdopen(os.dup(fd), encoding="utf-8", errors="replace") as f:
-                    records = f.read().splitlines()
+            while True:
+                try:
+                    chunk = os.read(fd, 8192)
+                except BlockingIOError:
+                    break
+                except BrokenPipeError:  # a record was overwritten: go on
+                    continue
+                if not chunk:
+                    break
+                records.append(chunk.decode("utf-8", "replace").rstrip("\n"))
         finally:
             os.close(fd)
         return records

@@ -178,12 +178,12 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
-def memory_usage() -> str:
-    """What the kernel can hand out now (psutil), next to the block layout."""
+def memory_now():
+    """What the kernel can hand out now, next to the block layout (psutil,
+    imported here: the other commands start faster without it)."""
     import psutil
 
-    vm = psutil.virtual_memory()
-    return f"Memory: total {format_size(vm.total)}, available {format_size(vm.available)}"
+    return psutil.virtual_memory()
 
 
 def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool = False) -> int:
@@ -203,8 +203,7 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool =
     if as_json:
         usage = {}
         if live:
-            import psutil
-            vm = psutil.virtual_memory()
+            vm = memory_now()
             usage = {"memory_total": vm.total, "memory_available": vm.available}
         print(json.dumps({"memory": ranges, "nodes": nodes, "block_size": machine.block_size, **usage,
                           "auto_online_blocks": machine.auto_online_blocks,
@@ -221,7 +220,8 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool =
           f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
           f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
     if live:
-        print(memory_usage())
+        vm = memory_now()
+        print(f"Memory: total {format_size(vm.total)}, available {format_size(vm.available)}")
     for n in nodes:
         print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
               f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "
@@ -258,9 +258,8 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     return EXIT_OK
 
 
-def resolve_mode(machine: Machine, settings: Settings) -> "tuple[str, str]":
-    """The mode in force and why."""
-    has_policy = "online_policy" in machine.kernel_params
+def resolve_mode(has_policy: bool, settings: Settings) -> "tuple[str, str]":
+    """The mode in force and why. HAS_POLICY: the kernel has the auto-movable policy (5.15+)."""
     if settings.mode == "kernel":
         if not has_policy:
             return "userspace", "mode kernel asked for, but this kernel has no auto-movable policy (before 5.15)"
@@ -288,8 +287,8 @@ def configure_kernel(backend: B.Backend, settings: Settings) -> None:
 def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> int:
     from .daemon import Daemon, make_monitor, notifier
 
-    machine = discover(backend)
-    mode, why = resolve_mode(machine, settings)
+    # The daemon's own start-up reads everything; the mode needs one file.
+    mode, why = resolve_mode(backend.exists(f"{B.PARAMETERS}/online_policy"), settings)
     log.info("mode %s: %s", mode, why)
     for conflict in find_udev_rules(backend):
         log.warning("%s", conflict.advice(), extra={"MESSAGE_ID": CONFLICT_MESSAGE_ID, "RULE": conflict.path})
@@ -309,8 +308,8 @@ def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> i
 
 
 def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_path: Optional[str]) -> int:
-    mode, why = resolve_mode(machine, settings)
     params = machine.kernel_params
+    mode, why = resolve_mode("online_policy" in params, settings)
     print(f"kernel: {machine.kernel_release or 'unknown'}; in-kernel auto-movable policy: "
           + ("yes (online_policy={}, ratio={}, numa_aware={})".format(
               params.get("online_policy"), params.get("auto_movable_ratio"), params.get("auto_movable_numa_aware"))

@@ -15,8 +15,10 @@ import socket
 import time
 from typing import Callable, Optional, Set
 
+import psutil
+
 from . import backend as B
-from .discover import Reader, SystemDataError, discover
+from .discover import Reader, SystemDataError, read_machine
 from .model import Machine
 from .planner import Planner
 from .policy import Settings
@@ -48,12 +50,10 @@ class Handled:
     def __init__(self, state_dir: Optional[str]):
         self.path = os.path.join(state_dir, STATE_FILE) if state_dir else None
         self.blocks: Set[int] = set()
-        self.known = False  # there was a record: this is a restart, not the first start in this boot
         if self.path and os.path.exists(self.path):
             try:
                 with open(self.path, encoding="ascii") as f:
                     self.blocks = {int(w) for w in f.read().split()}
-                self.known = True
             except (OSError, ValueError) as e:
                 log.warning("%s: unreadable (%s); treating every offline block as not yet handled", self.path, e)
 
@@ -125,12 +125,10 @@ class Daemon:
         all of them at the first start in a boot; after a restart or lost
         events, those not handled before (an offline handled block was
         offlined by an administrator)."""
-        self.machine = discover(self.backend)
+        self.machine, self.reader = read_machine(self.backend)
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()
-        self.reader = Reader(self.backend, self.machine)
-        self.reader.read_layout()
         online = {i for i, b in self.machine.blocks.items() if b.state != "offline"}
         offline = [i for i, b in self.machine.blocks.items() if b.state == "offline"]
         left = sorted(i for i in offline if i in self.handled.blocks)
@@ -180,8 +178,6 @@ class Daemon:
     def status(self) -> str:
         m = self.machine
         online = sum(1 for b in m.blocks.values() if b.state != "offline")
-        import psutil
-
         total = psutil.virtual_memory().total >> 20
         return (f"{online} of {len(m.blocks)} blocks online, {total} MiB usable; onlined {self.counts['onlined']}, "
                 f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")

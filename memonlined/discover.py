@@ -229,6 +229,11 @@ class Reader:
 def discover(backend: B.Backend) -> Machine:
     """Read everything the policy needs. Raises SystemDataError on bad global data;
     a bad block is skipped with a warning in Machine.warnings."""
+    return read_machine(backend)[0]
+
+
+def read_machine(backend: B.Backend) -> Tuple[Machine, Reader]:
+    """discover(), and the Reader it used, for re-reading single blocks later."""
     block_size = _read_global(backend, f"{B.MEMORY}/block_size_bytes", parse_block_size)
     zoneinfo = _read_global(backend, B.ZONEINFO, parse_zoneinfo)
     machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={})
@@ -252,7 +257,7 @@ def discover(backend: B.Backend) -> Machine:
             machine.blocks[index] = block
     reader.size_dimms()
     _account(machine, zoneinfo, machine.block_pages)
-    return machine
+    return machine, reader
 
 
 def _account(machine: Machine, zoneinfo, block_pages: int) -> None:

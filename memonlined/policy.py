@@ -106,10 +106,6 @@ def system_stats(machine: Machine) -> NodeStats:
     return total
 
 
-def dynamic_groups(machine: Machine, node: Optional[int] = None) -> List[Group]:
-    return machine.dynamic_groups(node)
-
-
 def _pages_to_online(machine: Machine, block: Block) -> "tuple[Optional[int], str]":
     """How many pages the decision is about (the remaining part of the device or
     unit), or None when some of it is already in a kernel zone."""
@@ -174,10 +170,10 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
     nr_pages, what = _pages_to_online(machine, block)
     if nr_pages is None:
         return decide(False, what)
-    checks = [can_online_movable(system_stats(machine), dynamic_groups(machine), block.group,
+    checks = [can_online_movable(system_stats(machine), machine.dynamic_groups(), block.group,
                                  nr_pages, settings.ratio)]
     if checks[0].ok and settings.numa_aware:
-        checks.append(can_online_movable(machine.nodes[block.node], dynamic_groups(machine, block.node),
+        checks.append(can_online_movable(machine.nodes[block.node], machine.dynamic_groups(block.node),
                                          block.group, nr_pages, settings.ratio, block.node))
     failed = next((c for c in checks if not c.ok), None)
     if failed is None:
@@ -203,7 +199,7 @@ def movable_headroom(machine: Machine, settings: Settings, node: Optional[int] =
         check = can_online_movable(stats, groups, None, 0, settings.ratio, nid)
         return max(0, check.limit - check.used) if check.ok else 0
 
-    total = room(system_stats(machine), dynamic_groups(machine), None)
+    total = room(system_stats(machine), machine.dynamic_groups(), None)
     if node is None or not settings.numa_aware:
         return total
-    return min(total, room(machine.nodes[node], dynamic_groups(machine, node), node))
+    return min(total, room(machine.nodes[node], machine.dynamic_groups(node), node))

@@ -83,7 +83,7 @@ def test_capture_gives_the_same_answers(tmp_path):
 def test_resolve_mode(tmp_path, mode, settings, kernel_has_policy, expected):
     kernel = FakeKernel(tmp_path, kernel_version=(6, 1) if kernel_has_policy else (5, 10))
     machine = discover(Backend(kernel.root))
-    assert resolve_mode(machine, Settings(mode=mode, **settings))[0] == expected
+    assert resolve_mode("online_policy" in machine.kernel_params, Settings(mode=mode, **settings))[0] == expected
 
 
 def test_kernel_mode_hands_the_decisions_to_the_kernel(tmp_path):

@@ -292,17 +292,23 @@ def dimms(suite, mode, sizes=(4 * GiB,) * 5):
 
 # -- scenario 2: the cover letter's virtio-mem ---------------------------------------
 
+def grow_virtio_mem(g, mode, grow):
+    """Start memonlined (its mode), grow device vm0 to GROW and wait until all is online."""
+    if mode == "memonlined":
+        start_daemon(g, f"{memonlined_args()} run")
+    count = base_blocks(g)
+    g.sh("modprobe virtio_mem")
+    t = time.monotonic()
+    resize(g, "vm0", grow)
+    grown = wait_layout(g, all_online(count + grow // BLOCK), "virtio-mem memory online")
+    note_time(f"{g.label} grow to {grow // GiB} GiB", time.monotonic() - t)
+    return grown
+
+
 def virtio_mem_grow_shrink(suite, mode, grow=16 * GiB, shrink=2 * GiB):
     res = {}
     with boot(suite, mode, "virtio-mem", qemu_opts=virtio_mem_opts("vm0", 16 * GiB)) as g:
-        if mode == "memonlined":
-            start_daemon(g, f"{memonlined_args()} run")
-        count = base_blocks(g)
-        g.sh("modprobe virtio_mem")
-        t = time.monotonic()
-        resize(g, "vm0", grow)
-        res["grown"] = wait_layout(g, all_online(count + grow // BLOCK), "virtio-mem memory online")
-        note_time(f"{g.label} grow to {grow // GiB} GiB", time.monotonic() - t)
+        res["grown"] = grow_virtio_mem(g, mode, grow)
         res["plugged after shrink"] = resize(g, "vm0", shrink)
         res["shrunk"] = wait_stable(g)
         if mode == "memonlined":
@@ -442,14 +448,7 @@ def numa2(suite, mode, numa_aware, sizes=(1 * GiB, 8 * GiB)):
 def virtio_mem_bbm(suite, mode, grow=16 * GiB):
     res = {}
     with boot(suite, mode, "virtio-mem-bbm", qemu_opts=virtio_mem_opts("vm0", 16 * GiB, block_size="1G")) as g:
-        if mode == "memonlined":
-            start_daemon(g, f"{memonlined_args()} run")
-        count = base_blocks(g)
-        g.sh("modprobe virtio_mem")
-        t = time.monotonic()
-        resize(g, "vm0", grow)
-        res["grown"] = wait_layout(g, all_online(count + grow // BLOCK), "virtio-mem memory online")
-        note_time(f"{g.label} grow to {grow // GiB} GiB", time.monotonic() - t)
+        res["grown"] = grow_virtio_mem(g, mode, grow)
         res["probe"] = g.sh("dmesg | grep -i 'virtio_mem' | grep -i 'block size' || true").stdout
         if mode == "memonlined":
             res["rc"], res["log"] = stop_daemon(g)
