@@ -56,6 +56,8 @@ def parse_valid_zones(text: str) -> Tuple[str, ...]:
     for zone in zones:
         if zone not in KNOWN_ZONES:
             raise ParseError(f"expected zone names, got {zone[:40]!r}")
+    if len(set(zones)) != len(zones):  # the kernel never names a zone twice
+        raise ParseError(f"expected each zone once, got {' '.join(zones)[:60]!r}")
     return zones
 
 

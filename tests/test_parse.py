@@ -101,6 +101,8 @@ def test_state_and_valid_zones():
         parse_valid_zones("\n")
     with pytest.raises(ParseError):
         parse_valid_zones("Normal Bogus")
+    with pytest.raises(ParseError, match="each zone once"):
+        parse_valid_zones("Normal Movable Movable")
 
 
 def test_virtio_mem_probe_lines():
