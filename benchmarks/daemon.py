@@ -109,7 +109,7 @@ def latency(root: str) -> None:
     print(f"add event -> state write, {len(delays)} blocks in a burst, settle {settings.settle_ms} ms: "
           f"median {statistics.median(delays):.1f} ms, p99 {p99:.1f} ms, max {delays[-1]:.1f} ms")
     per_block = (max(backend.written.values()) - min(backend.written.values())) / (len(delays) - 1) * 1000
-    print(f"  writes follow each other every {per_block:.3f} ms (decision, write, re-read of the block)")
+    print(f"  writes follow each other every {per_block:.3f} ms (reading the block, deciding, writing, logging)")
 
 
 def footprint(root: str) -> None:

@@ -28,7 +28,7 @@ the Guest context manager (tests/e2e/guest.py): QEMU never outlives the script.
 import argparse
 import json
 import os
-import shutil
+import shlex
 import signal
 import statistics
 import subprocess
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
 from guest import GiB, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
-from scenarios import bundle, summary  # noqa: E402
+from scenarios import install_memonlined, start_daemon, stop_daemon, summary  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = 128 * MiB
@@ -55,38 +55,6 @@ APPEND = {
 }
 UDEV_RULE = "/etc/udev/rules.d/99-online.rules"
 UDEV_RULE_TEXT = 'SUBSYSTEM=="memory", ACTION=="add", ATTR{state}=="offline", ATTR{state}="online"'
-
-# -- memonlined in the guest ----------------------------------------------------------
-# As in tests/e2e/scenarios.py: memonlined and its dependencies are unpacked into
-# the guest's tmpfs and run with `python3 -S`. Every file Python opens over the
-# 9p root costs a round trip under TCG; from tmpfs the daemon starts in seconds.
-
-MO_WRAPPER = """#!/bin/sh
-exec python3 -S -c 'import sys; sys.path[:0] = ["/run/py"]; from memonlined.cli import main; sys.exit(main(sys.argv[1:]))' --config /dev/null "$@"
-"""
-def start_memonlined(g, timeout=180):
-    shutil.copy(bundle(), os.path.join(g.share, "py.tar"))
-    with open(os.path.join(g.share, "mo"), "w") as f:
-        f.write(MO_WRAPPER)
-    g.sh(f"mkdir -p /run/py && tar -C /run/py -xf {g.share}/py.tar && cp {g.share}/mo /run/mo && chmod +x /run/mo")
-    g.sh("( /run/mo run --state-dir /run/memonlined & echo $! > /run/mo.pid; wait $!; echo $? > /run/mo.rc ) "
-         ">/run/mo.log 2>&1 &")
-    deadline = time.monotonic() + timeout
-    while "ready:" not in (log := g.sh("cat /run/mo.log").stdout):
-        if g.sh("test -e /run/mo.rc", check=False).returncode == 0 or time.monotonic() > deadline:
-            raise GuestError(f"memonlined did not get ready:\n{log}")
-        time.sleep(0.5)
-
-
-def stop_memonlined(g, timeout=60):
-    g.sh("kill -TERM $(cat /run/mo.pid)")
-    deadline = time.monotonic() + timeout
-    while g.sh("test -e /run/mo.rc", check=False).returncode:
-        if time.monotonic() > deadline:
-            raise GuestError("memonlined did not stop")
-        time.sleep(0.3)
-    return int(g.sh("cat /run/mo.rc").stdout), g.sh("cat /run/mo.log").stdout
-
 
 # -- guest-side helpers -----------------------------------------------------------------
 
@@ -315,8 +283,8 @@ def other_qemus(own_sid=None):
 
 # -- one guest ------------------------------------------------------------------------------
 
-def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000, 256, 256, 16, 64), settle=20,
-              unplug_timeout=60, log=print):
+def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000, 1024, 256, 64, 64), settle=20,
+              unplug_timeout=60, mo_args=(), log=print):
     res = {"approach": approach}
     opts = virtio_mem_opts("vm0", 16 * GiB)
     with Guest(kernel("bookworm"), memory_mib=4096, slots=8, maxmem_mib=65536, append=APPEND[approach],
@@ -327,7 +295,8 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
             with open(os.path.join(g.share, name), "w") as f:
                 f.write(text)
         if approach == "memonlined":
-            start_memonlined(g)
+            install_memonlined(g)  # into the guest's tmpfs: from the 9p root a start takes 20-40 s
+            start_daemon(g, f"{' '.join(map(shlex.quote, mo_args))} run --state-dir /run/memonlined")
         elif approach == "udev":
             g.sh(f"mkdir -p /etc/udev/rules.d && echo '{UDEV_RULE_TEXT}' > {UDEV_RULE} && udevadm control --reload")
         g.sh("modprobe virtio_mem")
@@ -420,7 +389,7 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
             log(f"  {approach}: burst of 4 x 8 GiB DIMMs online in {res['burst s']} s")
 
         if approach == "memonlined":
-            rc, mlog = stop_memonlined(g)
+            rc, mlog = stop_daemon(g)
             res["memonlined rc"] = rc
             res["memonlined log lines"] = len(mlog.splitlines())
             if rc:
@@ -450,10 +419,10 @@ def main(argv=None):
                    help="first wait up to MIN minutes until no other qemu-system runs")
     p.add_argument("--only", default=",".join(APPROACHES), help="comma-separated approaches")
     p.add_argument("--files", type=int, default=20_000, help="workload: empty files in a tmpfs (default 20000)")
-    p.add_argument("--pt-mib", type=int, default=256, help="workload: at most this many MiB of page tables (default 256)")
+    p.add_argument("--pt-mib", type=int, default=1024, help="workload: at most this many MiB of page tables (default 1024)")
     p.add_argument("--margin-mib", type=int, default=256, help="workload: memory left allocatable by the fill (default 256)")
-    p.add_argument("--hole-kib", type=int, default=16, help="workload: hole punched into every 2 MiB of the fill "
-                                                            "(default 16; 0: no fill at all)")
+    p.add_argument("--hole-kib", type=int, default=64, help="workload: hole punched into every 2 MiB of the fill "
+                                                            "(default 64; 0: no fill at all)")
     p.add_argument("--floor-mib", type=int, default=64, help="workload: page tables are added until what the kernel "
                                                              "may still allocate is down to this (default 64)")
     p.add_argument("--unplug-only", action="store_true",
@@ -510,7 +479,7 @@ def main(argv=None):
             "device blocks holding kernel pages": first.get("device blocks holding kernel pages"),
             "kernel pages in the device MiB": first.get("kernel pages in the device MiB"),
             "growth zones GiB": first["growth zones GiB"],
-            "burst zones GiB": first.get("burst zones GiB"),
+            "burst zones GiB": next((r["burst zones GiB"] for r in runs[a] if "burst zones GiB" in r), None),
             "layout after growth": summary(first["layout after growth"]),
             "layout after unplug": summary(first["layout after unplug"]) if "layout after unplug" in first else None,
         }

@@ -160,7 +160,11 @@ def capture_paths(backend: Backend) -> Iterator[str]:
     yield AUTO_ONLINE
     for index in backend.block_indexes():
         d = block_dir(index)
-        for name in backend.listdir(d):
+        names = backend.listdir(d)
+        linked = any(n.startswith("node") and n[4:].isdigit() for n in names)
+        for name in names:
+            if name == "valid_zones" and not linked:
+                continue  # reading it before the node is set oopses the kernel (discover.read_block)
             if name in BLOCK_FILES or name == "firmware_node" or (name.startswith("node") and name[4:].isdigit()):
                 yield f"{d}/{name}"
     for name in backend.listdir(NODE):

@@ -285,7 +285,8 @@ def configure_kernel(backend: B.Backend, settings: Settings) -> None:
 
 
 def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> int:
-    from .daemon import Daemon, make_monitor, notifier
+    from .daemon import Daemon, notifier
+    from .uevents import make_monitor
 
     # The daemon's own start-up reads everything; the mode needs one file.
     mode, why = resolve_mode(backend.exists(f"{B.PARAMETERS}/online_policy"), settings)
@@ -295,10 +296,13 @@ def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> i
     if mode == "kernel" and not args.dry_run:
         configure_kernel(backend, settings)
     try:
-        monitor = make_monitor(settings)
+        monitor = make_monitor(settings.event_source, settings.receive_buffer_mib)
     except ImportError:
-        log.error("memonlined run needs pyudev: pip install 'memonlined[daemon]'")
+        log.error("event_source = udev needs pyudev: pip install 'memonlined[daemon]'")
         return EXIT_CONFIG
+    except OSError as e:
+        log.error("cannot open the kernel's uevent socket (%s): %s", settings.event_source, e.strerror)
+        return EXIT_SYSTEM
     daemon = Daemon(backend, settings, monitor, reload=load_settings, notify=notifier(),
                     state_dir=args.state_dir, settle=settings.settle_ms / 1000,
                     watchdog_usec=int(os.environ.get("WATCHDOG_USEC", "0") or 0), dry_run=args.dry_run,

@@ -69,7 +69,7 @@ class Handled:
 
 class Daemon:
     def __init__(self, backend: B.Backend, settings: Settings, monitor, *,
-                 reload: Callable[[], Settings], notify: Callable[[str], None],
+                 reload: Callable[[], Settings], notify: Optional[Callable[[str], None]],
                  state_dir: Optional[str] = "/run/memonlined", settle: float = 0.02,
                  watchdog_usec: int = 0, dry_run: bool = False, take_over_auto_online: bool = True,
                  kernel_mode: bool = False):
@@ -77,7 +77,8 @@ class Daemon:
         self.settings = settings
         self.monitor = monitor
         self.reload_settings = reload
-        self.notify = notify
+        self.notifying = notify is not None
+        self.notify = notify or (lambda state: None)
         self.settle = settle
         self.watchdog = watchdog_usec / 1e6 / 2 if watchdog_usec else None
         self.dry_run = dry_run
@@ -89,6 +90,7 @@ class Daemon:
         self.machine: Optional[Machine] = None
         self.reader: Optional[Reader] = None
         self.pending: Set[int] = set()
+        self.layout_stale = True  # /proc/iomem must be read again before the next batch
         self.deadline: Optional[float] = None
         self.first_add = 0.0
         self.previous_auto_online: Optional[str] = None
@@ -126,6 +128,7 @@ class Daemon:
         events, those not handled before (an offline handled block was
         offlined by an administrator)."""
         self.machine, self.reader = read_machine(self.backend)
+        self.layout_stale = False
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()
@@ -196,8 +199,12 @@ class Daemon:
         elif action in ("online", "offline", "change"):
             if index in self.pending:
                 return  # the batch will read it
+            block = self.machine.blocks.get(index)
+            if block is not None and action != "change" and (block.state == "offline") == (action == "offline"):
+                return  # the model says so already: memonlined made this change itself
             self.refresh(index)
         elif action == "remove":
+            self.layout_stale = True  # a device may be going away, and another come in its place
             block = self.machine.blocks.pop(index, None)
             if block is not None:
                 self.machine.remove_online(block)
@@ -220,7 +227,12 @@ class Daemon:
 
     def process_batch(self) -> None:
         batch, self.pending, self.deadline = sorted(self.pending), set(), None
-        self.reader.read_layout()  # new devices bring new iomem resources
+        # New devices bring new iomem resources; more blocks of a virtio-mem or
+        # dax device already known do not (a growing virtio-mem device adds a
+        # few blocks at a time, and under TCG each re-read costs milliseconds).
+        if self.layout_stale or not all(self.reader.in_driver_range(i) for i in batch):
+            self.reader.read_layout()
+            self.layout_stale = False
         for index in batch:
             self.refresh(index)
         self.reader.size_dimms()
@@ -247,7 +259,8 @@ class Daemon:
                             "(onlined by someone else)", index, block.zone)
                 self.counts["conflicts"] += 1
         self._online([i for i in batch if i in self.machine.blocks and self.machine.blocks[i].state == "offline"])
-        self.notify("STATUS=" + self.status())
+        if self.notifying:  # status() reads /proc/meminfo: not for nothing
+            self.notify("STATUS=" + self.status())
 
     # -- the loop -----------------------------------------------------------
 
@@ -366,24 +379,10 @@ def _ranges(indexes) -> str:
     return ",".join(out)
 
 
-def make_monitor(settings: Settings):
-    """A pyudev monitor of memory block uevents."""
-    import pyudev
-
-    monitor = pyudev.Monitor.from_netlink(pyudev.Context(), source=settings.event_source)
-    monitor.filter_by("memory")
-    try:
-        monitor.set_receive_buffer_size(settings.receive_buffer_mib << 20)
-    except OSError as e:  # needs CAP_NET_ADMIN beyond rmem_max
-        log.warning("could not set the uevent receive buffer to %d MiB (%s); bursts may lose events, "
-                    "which makes memonlined rescan", settings.receive_buffer_mib, e)
-    return monitor
-
-
-def notifier() -> Callable[[str], None]:
-    """sd_notify through systemd-python; a no-op outside systemd."""
+def notifier() -> Optional[Callable[[str], None]]:
+    """sd_notify through systemd-python; None outside systemd."""
     if not os.environ.get("NOTIFY_SOCKET"):
-        return lambda state: None
+        return None
     from systemd import daemon as sd_daemon
 
     return lambda state: sd_daemon.notify(state)

@@ -85,8 +85,15 @@ def read_block(backend: B.Backend, index: int, node: Optional[int] = None):
     if parse_hex(backend.read(f"{d}/phys_index"), "phys_index in hex") != index:
         raise ParseError(f"phys_index does not say {index:08x}")
     state = parse_state(backend.read(f"{d}/state"))
-    valid_zones = parse_valid_zones(backend.read(f"{d}/valid_zones"))
-    return state, valid_zones, node if node is not None else backend.block_node(index)
+    if node is None:
+        node = backend.block_node(index)
+        if node is None:
+            # The kernel sends a block's add uevent before it sets the block's
+            # node; reading valid_zones then oopses it (zone_for_pfn_range()
+            # with NUMA_NO_NODE: seen in 6.1 guests). The link comes after the
+            # node is set, so valid_zones is read only once the link is there.
+            return state, (), None
+    return state, parse_valid_zones(backend.read(f"{d}/valid_zones")), node
 
 
 class Reader:
@@ -129,6 +136,11 @@ class Reader:
             self.hotplug_ram = [(r.start, r.end + 1) for r in iomem if r.name == "System RAM"
                                 and not _overlaps(self.e820, self._e820_starts, r.start, r.end + 1)]
         self._ram_starts = [r[0] for r in self.hotplug_ram]
+
+    def in_driver_range(self, index: int) -> bool:
+        """Does the block lie in a virtio-mem or dax region already known? Then
+        /proc/iomem has nothing new to say about it."""
+        return _find(self.drivers, self._driver_starts, index * self.machine.block_size) is not None
 
     def read_probes(self) -> None:
         self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log()])

@@ -29,7 +29,7 @@ class Settings:
     mode: str = "userspace"
     settle_ms: int = 20
     take_over_auto_online: bool = True
-    event_source: str = "udev"
+    event_source: str = "kernel"
     receive_buffer_mib: int = 16
 
     def needs_userspace(self) -> bool:

@@ -84,11 +84,9 @@ def online_block(backend: B.Backend, decision: Decision, kernel_zone: str) -> "t
             log.error("memory%d: %s failed (%s); the block stays offline", index, attempt, reason,
                       extra=_fields(decision, None, FAILED))
             return None, FAILED
-        now = _reread(backend, index)
-        if now and now[0] == "online":
-            zone = now[1][0]
-        else:
-            zone = MOVABLE if attempt == "online_movable" else kernel_zone
+        # A write that succeeded onlined the block to Movable, or to the kernel
+        # zone its valid_zones named (a block online already fails with EINVAL).
+        zone = MOVABLE if attempt == "online_movable" else kernel_zone
         result = ONLINED if attempt == attempts[0] else FALLBACK
         log.info("memory%d: onlined to %s (%s): %s", index, zone, decision.device, decision.reason,
                  extra=_fields(decision, zone, result))

@@ -1143,6 +1143,16 @@ class FakeKernel:
                 self.remove_block(b)
         return removed
 
+    def remove_virtio_mem(self, name):
+        """device_del of a virtio-mem device: the driver unplugs and removes all
+        its blocks (virtio_mem_remove()), then its region resource goes."""
+        dev = self.devices[name]
+        with self.batch():
+            for b in sorted(dev.blocks):
+                self.remove_block(b)
+        del self.devices[name]
+        self._flush(zoneinfo=False, iomem=True)
+
     def add_dax_kmem(self, size, node=0, start=None, parent=None, max_pages_in_bytes=False):
         """A dax device given to the kernel by dax/kmem (drivers/dax/kmem.c
         dev_dax_kmem_probe()): one static group, a "daxX.Y" resource with a

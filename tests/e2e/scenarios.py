@@ -86,9 +86,10 @@ def install_memonlined(g):
     g.sh(f"mkdir -p /run/py && tar -C /run/py -xf {g.share}/py.tar && cp {g.share}/mo /run/mo && chmod +x /run/mo")
 
 
-def start_daemon(g, args="", name="mo", timeout=180):
-    """Start `memonlined ARGS run` in the background; wait for its 'ready:' line."""
-    g.sh(f"( /run/mo {args} & echo $! > /run/{name}.pid; wait $!; echo $? > /run/{name}.rc ) "
+def start_daemon(g, args="", name="mo", timeout=180, program="/run/mo"):
+    """Start `memonlined ARGS run` (PROGRAM: another way to run memonlined) in
+    the background; wait for its 'ready:' line."""
+    g.sh(f"( {program} {args} & echo $! > /run/{name}.pid; wait $!; echo $? > /run/{name}.rc ) "
          f">/run/{name}.log 2>&1 &")
     deadline = time.monotonic() + timeout
     while "ready:" not in (log := g.sh(f"cat /run/{name}.log").stdout):
@@ -260,7 +261,8 @@ def boot(suite, mode, label, ratio=301, numa_aware=True, cpus=1, **kw):
         except GuestError as e:
             if mode == "memonlined":  # what the daemon said explains most failures
                 try:
-                    tail = g.sh("tail -c 6000 /run/mo.log 2>/dev/null", check=False, timeout=30).stdout
+                    tail = g.sh("tail -c 6000 /run/mo.log 2>/dev/null; echo '--- dmesg (tail):'; dmesg | tail -25",
+                                check=False, timeout=30).stdout
                 except GuestError as e2:
                     tail = f"(not readable: {str(e2)[:200]})"
                 raise GuestError(f"{g.label}: {e}\n--- memonlined's log (tail):\n{tail}") from e
@@ -274,14 +276,42 @@ def base_blocks(g):
 
 # -- scenario 1: the cover letter's DIMMs ---------------------------------------------
 
+def udevd_running(g):
+    return g.sh("pidof systemd-udevd", check=False).returncode == 0
+
+
+def stop_udevd(g, timeout=30):
+    """memonlined reads the kernel's own uevents: it needs no udevd."""
+    if not udevd_running(g):
+        raise GuestError("no systemd-udevd in the guest: stopping it would prove nothing")
+    g.sh("udevadm control --exit")
+    deadline = time.monotonic() + timeout
+    while udevd_running(g):
+        if time.monotonic() > deadline:
+            raise GuestError("systemd-udevd did not exit")
+        time.sleep(0.3)
+
+
+def start_udevd(g):
+    g.sh("/lib/systemd/systemd-udevd --daemon")
+    if not udevd_running(g):
+        raise GuestError("systemd-udevd did not start again")
+
+
 def dimms(suite, mode, sizes=(4 * GiB,) * 5):
-    """Hot-plug DIMMs one by one, each wholly online before the next."""
+    """Hot-plug DIMMs one by one, each wholly online before the next. With
+    memonlined, udevd is stopped for DIMMs 2 and 3 and started again before
+    DIMM 4: a udevd that is down or restarting must cost memonlined nothing."""
     res = {}
     with boot(suite, mode, "dimms") as g:
         if mode == "memonlined":
             start_daemon(g, f"{memonlined_args()} run")
         count, fw = base_blocks(g), 0
         for i, size in enumerate(sizes):
+            if mode == "memonlined" and i == 2:
+                stop_udevd(g)
+            if mode == "memonlined" and i == 4:
+                start_udevd(g)
             g.add_dimm(f"d{i}", size)
             count, fw = count + size // BLOCK, fw + size // BLOCK
             res[f"after DIMM {i}"] = wait_layout(g, all_online(count, fw), f"DIMM {i} online")

@@ -1,0 +1,93 @@
+"""Where memonlined's time goes while a virtio-mem device grows (real guest).
+
+    .venv/bin/python benchmarks/growth_trace.py [--reps N] [memonlined options...]
+
+Needs root and `bash tests/e2e/setup.sh`. Boots the 4 GiB, 2-vCPU guest of
+benchmarks/guests.py (Debian 6.1, TCG), runs `memonlined run` with a few of
+its functions wrapped to record when they start and end, grows the device
+0 -> 16 GiB and prints, from the first batch to the last state write: the
+time spent inside the state writes (the kernel's onlining work), in Python
+(memonlined's own work: reading events and blocks, deciding, logging) and
+idle (waiting for the driver to add blocks).
+"""
+import argparse
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
+sys.path.insert(0, HERE)
+
+from guest import GiB, Guest, kernel, virtio_mem_opts  # noqa: E402
+from guests import APPEND, plugged  # noqa: E402
+from scenarios import install_memonlined, start_daemon, stop_daemon  # noqa: E402
+
+RUNNER = r'''
+import sys, time
+sys.path[:0] = ["/run/py"]
+from memonlined import cli, backend, daemon
+spans = []
+def wrap(cls, name):
+    f = getattr(cls, name)
+    def timed(*a, **k):
+        t = time.monotonic()
+        try:
+            return f(*a, **k)
+        finally:
+            spans.append("%s %.6f %.6f" % (name, t, time.monotonic()))
+    setattr(cls, name, timed)
+for cls, name in ((daemon.Daemon, "process_batch"), (daemon.Daemon, "_drain"),
+                  (backend.Backend, "write_block_state")):
+    wrap(cls, name)
+try:
+    rc = cli.main(sys.argv[1:])
+finally:
+    with open("/run/spans", "w") as f:
+        f.write("\n".join(spans) + "\n")
+sys.exit(rc)
+'''
+
+
+def trace(mo_args):
+    opts = virtio_mem_opts("vm0", 16 * GiB)
+    with Guest(kernel("bookworm"), memory_mib=4096, slots=8, maxmem_mib=65536, append=APPEND["memonlined"],
+               qemu_opts=opts, cpus=2) as g:
+        install_memonlined(g)
+        with open(os.path.join(g.share, "runner.py"), "w") as f:
+            f.write(RUNNER)
+        start_daemon(g, f"--config /dev/null {' '.join(mo_args)} run", program=f"python3 -S {g.share}/runner.py")
+        g.sh("modprobe virtio_mem")
+        t0 = time.monotonic()
+        g.qmp.execute("qom-set", path="/machine/peripheral/vm0", property="requested-size", value=16 * GiB)
+        while plugged(g) != 16 * GiB:
+            time.sleep(0.05)
+        growth = time.monotonic() - t0
+        time.sleep(1)
+        stop_daemon(g)
+        spans = [(n, float(a), float(b)) for n, a, b in (line.split() for line in g.sh("cat /run/spans").stdout.split("\n") if line)]
+    batches = [s for s in spans if s[0] == "process_batch"]
+    writes = [s for s in spans if s[0] == "write_block_state"]
+    start, end = batches[0][1], max(b for _, _, b in writes)
+    busy = sum(b - a for n, a, b in spans if n in ("process_batch", "_drain") and a >= start)
+    in_writes = sum(b - a for _, a, b in writes)
+    return {"growth s": growth, "traced s": end - start, "writes s": in_writes, "python s": busy - in_writes,
+            "idle s": (end - start) - busy, "blocks": len(writes), "batches": len(batches)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=1)
+    args, mo_args = p.parse_known_args()
+    if os.geteuid() != 0:
+        sys.exit("run as root (vng, QEMU, and memonlined in the guest)")
+    for _ in range(args.reps):
+        r = trace(mo_args)
+        print(f"growth {r['growth s']:.2f} s until plugged; from the first batch to the last write "
+              f"{r['traced s']:.2f} s: inside state writes {r['writes s']:.2f} s, Python {r['python s']:.2f} s "
+              f"({r['python s'] / r['blocks'] * 1000:.1f} ms per block), idle {r['idle s']:.2f} s; "
+              f"{r['blocks']} blocks in {r['batches']} batches", flush=True)
+
+
+if __name__ == "__main__":
+    main()
