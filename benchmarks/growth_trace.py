@@ -71,7 +71,8 @@ def trace(mo_args):
     start, end = batches[0][1], max(b for _, _, b in writes)
     busy = sum(b - a for n, a, b in spans if n in ("process_batch", "_drain") and a >= start)
     in_writes = sum(b - a for _, a, b in writes)
-    return {"growth s": growth, "traced s": end - start, "writes s": in_writes, "python s": busy - in_writes,
+    durations = sorted(b - a for _, a, b in writes)
+    return {"write ms": [round(d * 1000, 1) for d in durations], "growth s": growth, "traced s": end - start, "writes s": in_writes, "python s": busy - in_writes,
             "idle s": (end - start) - busy, "blocks": len(writes), "batches": len(batches)}
 
 
@@ -87,6 +88,11 @@ def main():
               f"{r['traced s']:.2f} s: inside state writes {r['writes s']:.2f} s, Python {r['python s']:.2f} s "
               f"({r['python s'] / r['blocks'] * 1000:.1f} ms per block), idle {r['idle s']:.2f} s; "
               f"{r['blocks']} blocks in {r['batches']} batches", flush=True)
+        w = r["write ms"]
+        # A state write that finds device_hotplug_lock taken (the driver adding
+        # a block) sleeps 5 ms and restarts (lock_device_hotplug_sysfs()).
+        print(f"  one write: median {w[len(w) // 2]} ms, p90 {w[len(w) * 9 // 10]} ms, max {w[-1]} ms; "
+              f"{sum(x >= 5 for x in w)} of {len(w)} took 5 ms or more", flush=True)
 
 
 if __name__ == "__main__":
