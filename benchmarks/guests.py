@@ -427,6 +427,9 @@ def main(argv=None):
                                                              "may still allocate is down to this (default 64)")
     p.add_argument("--unplug-only", action="store_true",
                    help="one guest per approach, growth and unplug only; updates those figures in --out")
+    p.add_argument("--mo-args", default="", help="memonlined options before `run` (experiments), e.g. '--settle-ms 0'")
+    p.add_argument("--no-unplug", action="store_true", help="no guest measures the unplug (experiments)")
+    p.add_argument("--no-burst", action="store_true", help="no guest measures the burst (experiments)")
     p.add_argument("--out", default=os.path.join(HERE, "guests-results.json"))
     p.add_argument("--png", default=os.path.join(HERE, "layout.png"))
     args = p.parse_args(argv)
@@ -447,8 +450,10 @@ def main(argv=None):
             # Guest 1 measures the unplug; the others the burst (in a guest that saw
             # no workload and no shrinking); with one guest, the burst comes last.
             try:
-                runs[a].append(run_guest(a, unplug=rep == 0, burst=(rep > 0 or reps == 1) and not args.unplug_only,
-                                         workload=workload, log=log))
+                runs[a].append(run_guest(a, unplug=rep == 0 and not args.no_unplug,
+                                         burst=(rep > 0 or reps == 1 or args.no_unplug)
+                                         and not (args.unplug_only or args.no_burst),
+                                         workload=workload, mo_args=shlex.split(args.mo_args), log=log))
             except GuestError as e:  # one failed guest should not cost the others' figures
                 log(f"  {a}: guest {rep + 1} FAILED: {str(e)[-2000:]}")
                 failures.append(f"{a} guest {rep + 1}: {str(e)[:300]}")

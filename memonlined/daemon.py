@@ -2,8 +2,8 @@
 
 One thread, one selectors loop over the uevent monitor, a signal self-pipe
 and the watchdog timer. A uevent only says which block to look at again;
-sysfs is the truth. Blocks of one device arrive in a burst, so `add` events
-are gathered for a short settle window and the batch is decided together.
+sysfs is the truth. The `add` events read at once (optionally gathered for a
+settle window) are decided as one batch.
 """
 
 import fcntl
@@ -70,7 +70,7 @@ class Handled:
 class Daemon:
     def __init__(self, backend: B.Backend, settings: Settings, monitor, *,
                  reload: Callable[[], Settings], notify: Optional[Callable[[str], None]],
-                 state_dir: Optional[str] = "/run/memonlined", settle: float = 0.02,
+                 state_dir: Optional[str] = "/run/memonlined", settle: float = 0.0,
                  watchdog_usec: int = 0, dry_run: bool = False, take_over_auto_online: bool = True,
                  kernel_mode: bool = False):
         self.backend = backend

@@ -27,7 +27,7 @@ class Settings:
     overrides: Dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
     # The daemon's keys (memonlined run); they do not change a decision.
     mode: str = "userspace"
-    settle_ms: int = 20
+    settle_ms: int = 0
     take_over_auto_online: bool = True
     event_source: str = "kernel"
     receive_buffer_mib: int = 16
