@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
 from guest import GiB, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
-from scenarios import install_memonlined, start_daemon, stop_daemon, summary  # noqa: E402
+from scenarios import install_memonlined, layout, start_daemon, stop_daemon, summary  # noqa: E402
 
 MiB = 1 << 20
 BLOCK = 128 * MiB
@@ -219,23 +219,6 @@ with open("/proc/kpageflags", "rb") as f:
         pages += n
 print(blocks, pages)
 '''
-
-LAYOUT = r'''
-cd /sys/devices/system/memory
-for d in memory[0-9]*; do
-    read s < $d/state; read z < $d/valid_zones
-    echo "${d#memory} $s $z"
-done
-'''
-
-
-def layout(g):
-    out = {}
-    for line in g.sh(LAYOUT).stdout.splitlines():
-        n, state, zones = line.split(" ", 2)
-        out[int(n)] = zones.split()[0] if state == "online" else None
-    return out
-
 
 def zone_totals(zones, first=0):
     """GiB per zone over the blocks numbered FIRST and up."""

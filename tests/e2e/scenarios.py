@@ -119,10 +119,14 @@ def daemon_log(g, name="mo"):
 # -- reading the guest ----------------------------------------------------------
 
 # Builtins only inside the loop: every fork costs tens of ms under TCG.
+# "<block> <state> <fw if it has a firmware_node link, else -> <valid_zones>".
+# valid_zones is read only once the block's nodeK link exists ("-" before):
+# reading it earlier oopses the kernel (see memonlined/discover.py read_block).
 LAYOUT = r'''
 cd /sys/devices/system/memory
 for d in memory[0-9]*; do
-    read s < $d/state; read z < $d/valid_zones
+    read s < $d/state
+    z=-; for l in $d/node[0-9]*; do [ -e $l ] && read z < $d/valid_zones; done
     if [ -e $d/firmware_node ]; then f=fw; else f=-; fi
     echo "${d#memory} $s $f $z"
 done
@@ -135,9 +139,14 @@ class Layout(dict):
 
 
 def layout(g):
+    return parse_layout(g.sh(LAYOUT).stdout)
+
+
+def parse_layout(text):
+    """LAYOUT's output as a Layout."""
     out = Layout()
     fw = set()
-    for line in g.sh(LAYOUT).stdout.splitlines():
+    for line in text.splitlines():
         n, state, link, zones = line.split(" ", 3)
         out[int(n)] = zones.split()[0] if state == "online" else None
         if link == "fw":

@@ -67,8 +67,7 @@ while [ $i -lt 600 ]; do
     sleep 0.5; i=$((i + 1))
 done
 echo "E2E-LAYOUT-BEGIN"
-for d in memory[0-9]*; do read s < $d/state; read z < $d/valid_zones; echo "${d#memory} $s - $z"; done
-echo "E2E-LAYOUT-END"
+%secho "E2E-LAYOUT-END"
 echo "E2E-STATUS2 $(show)"
 echo "E2E-JOURNAL-BEGIN"
 journalctl -u memonlined -o verbose MESSAGE_ID=%s --no-pager
@@ -76,7 +75,7 @@ echo "E2E-JOURNAL-END"
 echo "E2E-LOG-BEGIN"
 journalctl -u memonlined --no-pager | tail -n 40
 echo "E2E-LOG-END"
-""" % DECISION_ID
+""" % (S.LAYOUT, DECISION_ID)
 
 ENTRY = """#!/usr/bin/python3
 import sys
@@ -185,10 +184,7 @@ def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root):
     S.note_time("systemd unit guest: boot to memonlined active (incl. image)", ready)
     S.note_time("systemd unit guest: total", time.monotonic() - t0)
 
-    zones = {}
-    for line in section(out, "LAYOUT").splitlines():
-        n, state, _, valid = line.split(" ", 3)
-        zones[int(n)] = valid.split()[0] if state == "online" else None
+    zones = S.parse_layout(section(out, "LAYOUT"))
     dimm = [n for n in zones if n >= 32]
     assert len(dimm) == 32 and all(zones[n] == "Movable" for n in dimm), \
         f"the DIMM was not onlined to Movable: {S.summary(zones)}\n{section(out, 'LOG')}"
