@@ -243,10 +243,11 @@ def memonlined_args(ratio=301, numa_aware=True):
 
 
 @contextlib.contextmanager
-def boot(suite, mode, label, ratio=301, numa_aware=True, cpus=1, **kw):
+def boot(suite, mode, label, ratio=301, numa_aware=True, cpus=1, extra_append=(), **kw):
     """A guest for MODE ("memonlined": memhp offline, memonlined installed;
     "kernel": the kernel's policy onlines). Records boot and total time."""
     append = kernel_append(ratio, numa_aware) if mode == "kernel" else ["memhp_default_state=offline"]
+    append = [*append, *extra_append]
     t0 = time.monotonic()
     for attempt in (1, 2):
         g = Guest(kernel(suite), append=append, cpus=cpus, **kw)
@@ -494,6 +495,66 @@ def virtio_mem_bbm(suite, mode, grow=16 * GiB):
     return res
 
 
+# -- scenario 9: dax/kmem (NVDIMMs given to the kernel as system RAM) -----------------
+
+def nvdimm_opts(sizes):
+    """Label-less NVDIMMs: each a region with one raw namespace (namespaceN.0)."""
+    opts = ["-machine nvdimm=on"]
+    for i, size in enumerate(sizes):
+        opts += [f"-object memory-backend-ram,id=nv{i}-mem,size={size},reserve=off",
+                 f"-device nvdimm,id=nv{i},memdev=nv{i}-mem"]
+    return opts
+
+
+# Regions are numbered in probe order, not by address: NVDIMM I is the
+# namespace with the I-th lowest address.
+NAMESPACES = "cd /sys/bus/nd/devices && for n in namespace*.0; do echo $(cat $n/resource) $n; done"
+
+
+def to_system_ram(g, i, online=False, force=False):
+    """NVDIMM I's namespace -> devdax -> system RAM (dax/kmem) with daxctl;
+    daxctl onlines the memory itself (to Movable) unless told not to. FORCE:
+    where the kernel onlines by itself (daxctl refuses that without it).
+    Returns (daxctl's exit code, its output, the dax device)."""
+    namespaces = sorted((int(a, 16), n) for a, n in (line.split() for line in g.sh(NAMESPACES).stdout.splitlines()))
+    out = g.sh(f"ndctl create-namespace --force --reconfig={namespaces[i][1]} --mode=devdax --map=mem").stdout
+    dax = json.loads(out)["daxregion"]["devices"][0]["chardev"]
+    opts = ("" if online else "--no-online ") + ("--force " if force else "")
+    r = g.sh(f"daxctl reconfigure-device {opts}--mode=system-ram {dax} 2>&1", check=False)
+    return r.returncode, r.stdout + r.stderr, dax
+
+
+def dax_kmem(suite, mode, sizes=(1 * GiB, 4 * GiB, 2 * GiB), ratio=100):
+    """Three NVDIMMs made system RAM one after the other with `daxctl
+    --no-online`, so the onliner decides: the first (7 blocks after alignment)
+    fits the ratio of 100, the second (31 blocks) does not, and each is
+    decided as a whole. With memonlined, the third is then made system RAM by plain
+    daxctl, which onlines it itself while memonlined reacts to the same
+    blocks: a race that must leave everything online and nothing broken."""
+    res = {}
+    # 5.10 binds devdax namespaces with dax_pmem_compat (the old dax-class
+    # model), which daxctl cannot reconfigure; its dax_pmem has no alias, so
+    # it is loaded by hand (what `daxctl migrate-device-model` arranges).
+    with boot(suite, mode, "dax-kmem", ratio=ratio, qemu_opts=nvdimm_opts(sizes),
+              extra_append=["modprobe.blacklist=dax_pmem_compat"]) as g:
+        g.sh("modprobe dax_pmem")
+        if mode == "memonlined":
+            start_daemon(g, f"{memonlined_args(ratio=ratio)} run")
+        res["boot"] = layout(g)
+        for i in range(2):
+            rc, out, dax = to_system_ram(g, i, force=mode == "kernel")
+            if rc != 0:
+                raise GuestError(f"daxctl reconfigure-device {dax} failed ({rc}):\n{out}")
+            count = base_blocks(g)  # the device's blocks exist once daxctl returns
+            res[f"after NVDIMM {i}"] = wait_layout(g, all_online(count), f"{dax} online")
+        res["iomem"] = g.sh("grep -E 'Persistent|dax|kmem' /proc/iomem").stdout
+        if mode == "memonlined":
+            res["race rc"], res["race daxctl"], dax = to_system_ram(g, 2, online=True)
+            res["after the race"] = wait_layout(g, all_online(base_blocks(g)), f"{dax} online")
+            res["rc"], res["log"] = stop_daemon(g)
+    return res
+
+
 # What the kernel-policy runs are, by scenario name (see conftest.Oracles).
 ORACLES = {
     "dimms": (dimms, {}),
@@ -502,6 +563,7 @@ ORACLES = {
     "numa2-numa": (numa2, {"numa_aware": True}),
     "numa2-nonuma": (numa2, {"numa_aware": False}),
     "virtio-mem-bbm": (virtio_mem_bbm, {}),
+    "dax-kmem": (dax_kmem, {}),
 }
 
 

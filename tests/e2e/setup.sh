@@ -1,6 +1,6 @@
 #!/bin/bash
 # Prepare this machine for the real-guest tests (idempotent, run as root):
-# QEMU + virtme-ng, and Debian guest kernels (5.10, 6.1, 6.12) whose modules
+# QEMU + virtme-ng, ndctl and daxctl (the dax/kmem scenario), and Debian guest kernels (5.10, 6.1, 6.12) whose modules
 # are installed on the host, because virtme-ng shares the host's root.
 # Writes $CACHE/kernels.json: {"bookworm": {"version": ..., "vmlinuz": ...}, ...}
 set -euo pipefail
@@ -17,7 +17,7 @@ trap 'die "command failed at line $LINENO: $BASH_COMMAND"' ERR
 mkdir -p "$CACHE"
 
 need=()
-for pkg in qemu-system-x86 kmod udev busybox-static; do
+for pkg in qemu-system-x86 kmod udev busybox-static ndctl daxctl; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,6 +6,8 @@ every block) with the one the kernel's policy produced for the same scenario
 in another guest (scenarios.py; the 5.10 kernel has no policy: its oracle is
 the 6.1 kernel's run). See conftest.py for which kernels run.
 """
+import re
+
 import pytest
 
 import scenarios as S
@@ -169,3 +171,30 @@ def test_virtio_mem_big_block_mode(suite, oracles):
         assert len({grown[n] for n in range(unit, unit + 8)}) == 1, S.summary(grown)
     assert_same(mine, kernel, "grown", suite, mine["log"])
 
+
+
+@pytest.mark.oracle("dax-kmem")
+@pytest.mark.parametrize("suite", WITH_5_10)
+def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
+    """NVDIMMs made system RAM with daxctl (dax/kmem): each device wholly in
+    one zone, as the kernel's policy put it; then plain daxctl onlining a
+    device itself while memonlined runs."""
+    mine = S.dax_kmem(suite, "memonlined")
+    kernel = oracles.result("dax-kmem", suite)
+    check_daemon(mine)
+    assert "System RAM (kmem)" in mine["iomem"], mine["iomem"]
+    new0 = [n for n in kernel["after NVDIMM 0"] if n not in kernel["boot"]]
+    assert new0 and {kernel["after NVDIMM 0"][n] for n in new0} == {"Movable"}, S.summary(kernel["after NVDIMM 0"])
+    new1 = [n for n in kernel["after NVDIMM 1"] if n not in kernel["after NVDIMM 0"]]
+    assert new1 and {kernel["after NVDIMM 1"][n] for n in new1} == {"Normal"}, S.summary(kernel["after NVDIMM 1"])
+    for checkpoint in ("after NVDIMM 0", "after NVDIMM 1"):
+        assert_same(mine, kernel, checkpoint, suite, mine["log"])
+    # The race: daxctl onlined dax2.0 itself while memonlined acted on the same
+    # blocks. Every block is online, daxctl succeeded, memonlined logged no
+    # error (check_daemon) and said which blocks someone else had onlined.
+    assert mine["race rc"] == 0, mine["race daxctl"]
+    race = mine["after the race"]
+    assert len(race) > len(mine["after NVDIMM 1"]) and None not in race.values(), S.summary(race)
+    unaccounted = [n for n in race if n not in mine["after NVDIMM 1"] and not re.search(
+        rf"memory{n}: (onlined to|onlined by someone else|was already online)", mine["log"])]
+    assert not unaccounted, f"memonlined's log says nothing about blocks {unaccounted}:\n{mine['log'][-3000:]}"
