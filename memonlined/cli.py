@@ -16,7 +16,7 @@ from typing import List, Optional
 from . import __version__
 from . import backend as B
 from . import config
-from .conflicts import find_udev_rules
+from .conflicts import find_conflicts, find_udev_rules
 from .discover import SystemDataError, discover
 from .model import Machine
 from .parse import format_size
@@ -291,7 +291,7 @@ def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> i
     # The daemon's own start-up reads everything; the mode needs one file.
     mode, why = resolve_mode(backend.exists(f"{B.PARAMETERS}/online_policy"), settings)
     log.info("mode %s: %s", mode, why)
-    for conflict in find_udev_rules(backend):
+    for conflict in find_conflicts(backend):
         log.warning("%s", conflict.advice(), extra={"MESSAGE_ID": CONFLICT_MESSAGE_ID, "RULE": conflict.path})
     if mode == "kernel" and not args.dry_run:
         configure_kernel(backend, settings)
@@ -336,10 +336,9 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
                 else f"size {format_size(group.max_pages * 4096)}")
         print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
               f"kernel {format_size(group.kernel_pages * 4096)}, movable {format_size(group.movable_pages * 4096)}")
-    conflicts = find_udev_rules(backend)
-    for conflict in conflicts:
+    for conflict in find_conflicts(backend):
         print("conflict: " + conflict.advice())
-    if not conflicts:
+    if not find_udev_rules(backend):
         print("no udev rule onlines memory blocks")
     for warning in machine.warnings:
         print("warning: " + warning)

@@ -1,9 +1,10 @@
-"""Other onliners: udev rules that write memory block state (KERNEL-NOTES 5)."""
+"""Other onliners: udev rules that write memory block state (KERNEL-NOTES 5),
+and daxctl set up to online the memory of the dax devices it reconfigures."""
 
 import os
 import re
 from dataclasses import dataclass
-from typing import List
+from typing import Iterator, List, Tuple, Union
 
 from . import backend as B
 
@@ -28,24 +29,28 @@ class RuleConflict:
                 f"disable it with: ln -s /dev/null /etc/udev/rules.d/{name}")
 
 
-def find_udev_rules(backend: B.Backend) -> List[RuleConflict]:
-    """Rules that write memory block state. A file in /etc or /run masks one
-    of the same name in /usr/lib or /lib, as udev does; a link to /dev/null
-    disables it."""
+def _effective_rules(backend: B.Backend) -> Iterator[Tuple[str, str]]:
+    """(path, text) of the udev rule files in effect. A file in /etc or /run
+    masks one of the same name in /usr/lib or /lib, as udev does; a link to
+    /dev/null disables it."""
     effective = {}
     for d in RULES_DIRS:  # later directories take precedence
         for name in backend.listdir(d):
             if name.endswith(".rules"):
                 effective[name] = f"{d}/{name}"
-    found = []
     for name, rel in sorted(effective.items()):
-        target = backend.readlink(rel)
-        if target == "/dev/null":
+        if backend.readlink(rel) == "/dev/null":
             continue
         try:
-            text = backend.read(rel)
+            yield rel, backend.read(rel)
         except OSError:
             continue
+
+
+def find_udev_rules(backend: B.Backend) -> List[RuleConflict]:
+    """Rules in effect that write memory block state."""
+    found = []
+    for rel, text in _effective_rules(backend):
         about_memory = bool(_MEMORY.search(text))
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.lstrip().startswith("#"):
@@ -54,3 +59,61 @@ def find_udev_rules(backend: B.Backend) -> List[RuleConflict]:
             if m and about_memory:
                 found.append(RuleConflict("/" + rel, lineno, m.group(1)))
     return found
+
+
+# daxctl's udev rule (90-daxctl-device.rules) runs `daxctl -C` for every new
+# dax device: it reconfigures the devices named in daxctl.conf.d, and onlines
+# their memory itself (to Movable) unless a section says `online = false`.
+DAXCTL_CONF_DIR = "etc/daxctl.conf.d"
+_DAXCTL_CHECK_CONFIG = re.compile(r"daxctl\b[^\n]*\s(-C|--check-config)\b")
+
+
+@dataclass
+class DaxctlConflict:
+    path: str       # the daxctl configuration file
+    line: int       # its [reconfigure-device ...] section
+    section: str
+
+    def advice(self) -> str:
+        return (f"{self.path}:{self.line} [{self.section}] has daxctl online the dax device's memory itself "
+                f"and race memonlined; add 'online = false' to that section")
+
+
+def _false(value: str) -> bool:
+    # daxctl's conf_string_to_bool(): only the first character counts.
+    return value[:1] in ("f", "F", "n", "N", "0")
+
+
+def find_daxctl_configs(backend: B.Backend) -> List[DaxctlConflict]:
+    """daxctl configuration sections that turn a dax device into system RAM
+    and online it, when daxctl's udev rule is in effect to act on them."""
+    if not any(_DAXCTL_CHECK_CONFIG.search(text) for _, text in _effective_rules(backend)):
+        return []
+    found = []
+    for name in sorted(backend.listdir(DAXCTL_CONF_DIR)):
+        if not name.endswith(".conf"):
+            continue
+        rel = f"{DAXCTL_CONF_DIR}/{name}"
+        try:
+            text = backend.read(rel)
+        except OSError:
+            continue
+        sections = []  # [line, name, {key: value}]
+        for lineno, line in enumerate(text.splitlines(), 1):
+            line = line.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("[") and line.endswith("]"):
+                sections.append([lineno, line[1:-1].strip(), {}])
+            elif "=" in line and sections:
+                key, value = line.split("=", 1)
+                sections[-1][2][key.strip().lower()] = value.strip().strip('"')
+        for lineno, section, keys in sections:
+            if (section.split()[:1] == ["reconfigure-device"] and keys.get("mode") == "system-ram"
+                    and not _false(keys.get("online", "true"))):
+                found.append(DaxctlConflict("/" + rel, lineno, section))
+    return found
+
+
+def find_conflicts(backend: B.Backend) -> List[Union[RuleConflict, DaxctlConflict]]:
+    return [*find_udev_rules(backend), *find_daxctl_configs(backend)]

@@ -3,7 +3,7 @@
 import os
 
 from memonlined.backend import Backend
-from memonlined.conflicts import find_udev_rules
+from memonlined.conflicts import find_conflicts, find_udev_rules
 
 REDHAT = '''# Memory hotadd request
 SUBSYSTEM!="memory", GOTO="memory_hotplug_end"
@@ -53,3 +53,37 @@ def test_masked_and_overridden_rules_are_not_reported(tmp_path):
         "lib/udev/rules.d/80-hotplug-cpu-mem.rules": SIMPLE,
         "etc/udev/rules.d/80-hotplug-cpu-mem.rules": "# emptied by the administrator\n",
     })) == []
+
+
+DAXCTL_RULE = 'ACTION=="add", SUBSYSTEM=="dax",\\\n  RUN+="/usr/bin/daxctl -C $env{DEVNAME}"\n'
+DAXCTL_CONF = '''# daxctl.conf.d example
+[reconfigure-device pmem0]
+nvdimm.uuid = ed93e918-e165-49d8-921d-383d7b9660c5
+mode = system-ram
+%s
+[reconfigure-device pmem1]
+nvdimm.uuid = 0b7a5f3e-0000-4000-8000-000000000001
+mode = devdax
+'''
+
+
+def test_daxctl_set_up_to_online_dax_memory_itself(tmp_path):
+    found = find_conflicts(tree(tmp_path, {"lib/udev/rules.d/90-daxctl-device.rules": DAXCTL_RULE,
+                                           "etc/daxctl.conf.d/pmem.conf": DAXCTL_CONF % "movable = false"}))
+    assert [(c.path, c.line, c.section) for c in found] == [
+        ("/etc/daxctl.conf.d/pmem.conf", 2, "reconfigure-device pmem0")]  # online is daxctl's default
+    assert "online = false" in found[0].advice()
+
+
+def test_daxctl_told_not_to_online_or_not_run_by_udev_is_no_conflict(tmp_path):
+    for online in ("online = false", "online = no", "online=0"):
+        conf = {"etc/daxctl.conf.d/pmem.conf": DAXCTL_CONF % online}
+        assert find_conflicts(tree(tmp_path / online, {"lib/udev/rules.d/90-daxctl-device.rules": DAXCTL_RULE,
+                                                       **conf})) == []
+    conf = {"etc/daxctl.conf.d/pmem.conf": DAXCTL_CONF % "online = true"}
+    assert len(find_conflicts(tree(tmp_path / "on", {"lib/udev/rules.d/90-daxctl-device.rules": DAXCTL_RULE,
+                                                     **conf}))) == 1
+    # The rule masked: nothing runs daxctl -C.
+    assert find_conflicts(tree(tmp_path / "masked", {"lib/udev/rules.d/90-daxctl-device.rules": DAXCTL_RULE,
+                                                     "etc/udev/rules.d/90-daxctl-device.rules": None,
+                                                     **conf})) == []
