@@ -61,11 +61,13 @@ def find_udev_rules(backend: B.Backend) -> List[RuleConflict]:
     return found
 
 
-# daxctl's udev rule (90-daxctl-device.rules) runs `daxctl -C` for every new
-# dax device: it reconfigures the devices named in daxctl.conf.d, and onlines
-# their memory itself (to Movable) unless a section says `online = false`.
+# daxctl's udev rule (90-daxctl-device.rules) has `daxctl reconfigure-device
+# -C` run for every new dax device (upstream through daxdev-reconfigure@.service):
+# it reconfigures the devices named in daxctl.conf.d, and onlines their memory
+# itself (to Movable) unless a section says `online = false`. Debian 12's rule
+# runs `daxctl -C`, which daxctl 76 refuses (unknown option): no conflict.
 DAXCTL_CONF_DIR = "etc/daxctl.conf.d"
-_DAXCTL_CHECK_CONFIG = re.compile(r"daxctl\b[^\n]*\s(-C|--check-config)\b")
+_DAXCTL_CHECK_CONFIG = re.compile(r"daxctl reconfigure-device\b[^\n]*\s(-C|--check-config)\b|daxdev-reconfigure@")
 
 
 @dataclass

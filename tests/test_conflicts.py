@@ -55,7 +55,11 @@ def test_masked_and_overridden_rules_are_not_reported(tmp_path):
     })) == []
 
 
-DAXCTL_RULE = 'ACTION=="add", SUBSYSTEM=="dax",\\\n  RUN+="/usr/bin/daxctl -C $env{DEVNAME}"\n'
+DAXCTL_RULE = ('ACTION=="add", SUBSYSTEM=="dax", TAG+="systemd",\\\n'  # upstream ndctl's
+               '  PROGRAM="/usr/bin/systemd-escape -p --template=daxdev-reconfigure@.service $env{DEVNAME}",\\\n'
+               '  ENV{SYSTEMD_WANTS}="$result"\n')
+# Debian 12's: daxctl 76 rejects -C as a top-level option (seen in a bookworm guest).
+DEBIAN_DAXCTL_RULE = 'ACTION=="add", SUBSYSTEM=="dax",\\\n  RUN+="/usr/bin/daxctl -C $env{DEVNAME}"\n'
 DAXCTL_CONF = '''# daxctl.conf.d example
 [reconfigure-device pmem0]
 nvdimm.uuid = ed93e918-e165-49d8-921d-383d7b9660c5
@@ -83,6 +87,11 @@ def test_daxctl_told_not_to_online_or_not_run_by_udev_is_no_conflict(tmp_path):
     conf = {"etc/daxctl.conf.d/pmem.conf": DAXCTL_CONF % "online = true"}
     assert len(find_conflicts(tree(tmp_path / "on", {"lib/udev/rules.d/90-daxctl-device.rules": DAXCTL_RULE,
                                                      **conf}))) == 1
+    # A rule that runs reconfigure-device -C itself counts; Debian 12's broken one does not.
+    rule = 'SUBSYSTEM=="dax", ACTION=="add", RUN+="/usr/bin/daxctl reconfigure-device -C $kernel"\n'
+    assert len(find_conflicts(tree(tmp_path / "direct", {"etc/udev/rules.d/90-dax.rules": rule, **conf}))) == 1
+    assert find_conflicts(tree(tmp_path / "debian", {"lib/udev/rules.d/90-daxctl-device.rules": DEBIAN_DAXCTL_RULE,
+                                                     **conf})) == []
     # The rule masked: nothing runs daxctl -C.
     assert find_conflicts(tree(tmp_path / "masked", {"lib/udev/rules.d/90-daxctl-device.rules": DAXCTL_RULE,
                                                      "etc/udev/rules.d/90-daxctl-device.rules": None,

@@ -511,26 +511,37 @@ def nvdimm_opts(sizes):
 NAMESPACES = "cd /sys/bus/nd/devices && for n in namespace*.0; do echo $(cat $n/resource) $n; done"
 
 
-def to_system_ram(g, i, online=False, force=False):
-    """NVDIMM I's namespace -> devdax -> system RAM (dax/kmem) with daxctl;
-    daxctl onlines the memory itself (to Movable) unless told not to. FORCE:
-    where the kernel onlines by itself (daxctl refuses that without it).
-    Returns (daxctl's exit code, its output, the dax device)."""
+def to_devdax(g, i):
+    """NVDIMM I's namespace -> devdax: (the dax device, the namespace's uuid)."""
     namespaces = sorted((int(a, 16), n) for a, n in (line.split() for line in g.sh(NAMESPACES).stdout.splitlines()))
-    out = g.sh(f"ndctl create-namespace --force --reconfig={namespaces[i][1]} --mode=devdax --map=mem").stdout
-    dax = json.loads(out)["daxregion"]["devices"][0]["chardev"]
-    opts = ("" if online else "--no-online ") + ("--force " if force else "")
-    r = g.sh(f"daxctl reconfigure-device {opts}--mode=system-ram {dax} 2>&1", check=False)
+    out = json.loads(g.sh(f"ndctl create-namespace --force --reconfig={namespaces[i][1]} "
+                          "--mode=devdax --map=mem").stdout)
+    return out["daxregion"]["devices"][0]["chardev"], out["uuid"]
+
+
+def to_system_ram(g, i, force=False):
+    """NVDIMM I -> devdax -> system RAM (dax/kmem) with `daxctl --no-online`
+    (the onliner decides). FORCE: where the kernel onlines by itself (daxctl
+    refuses that without it). Returns (daxctl's exit code, its output, the dax device)."""
+    dax, _ = to_devdax(g, i)
+    r = g.sh(f"daxctl reconfigure-device --no-online {'--force ' if force else ''}--mode=system-ram {dax} 2>&1",
+             check=False)
     return r.returncode, r.stdout + r.stderr, dax
+
+
+DAXCTL_CONF = "/etc/daxctl.conf.d/memonlined-e2e.conf"  # the guest's /etc is an overlay
+DAXCTL_RULE = "/etc/udev/rules.d/90-daxctl-device.rules"
+DAXCTL_RULE_TEXT = 'ACTION=="add", SUBSYSTEM=="dax", RUN+="/usr/bin/daxctl reconfigure-device -C $kernel"'
 
 
 def dax_kmem(suite, mode, sizes=(1 * GiB, 4 * GiB, 2 * GiB), ratio=100):
     """Three NVDIMMs made system RAM one after the other with `daxctl
     --no-online`, so the onliner decides: the first (7 blocks after alignment)
     fits the ratio of 100, the second (31 blocks) does not, and each is
-    decided as a whole. With memonlined, the third is then made system RAM by plain
-    daxctl, which onlines it itself while memonlined reacts to the same
-    blocks: a race that must leave everything online and nothing broken."""
+    decided as a whole. With memonlined, daxctl.conf.d then names the third,
+    doctor must report that, and `daxctl reconfigure-device --check-config`
+    makes it system RAM and onlines it itself while memonlined reacts to the
+    same blocks: a race that must leave everything online and nothing broken."""
     res = {}
     # 5.10 binds devdax namespaces with dax_pmem_compat (the old dax-class
     # model), which daxctl cannot reconfigure; its dax_pmem has no alias, so
@@ -549,7 +560,18 @@ def dax_kmem(suite, mode, sizes=(1 * GiB, 4 * GiB, 2 * GiB), ratio=100):
             res[f"after NVDIMM {i}"] = wait_layout(g, all_online(count), f"{dax} online")
         res["iomem"] = g.sh("grep -E 'Persistent|dax|kmem' /proc/iomem").stdout
         if mode == "memonlined":
-            res["race rc"], res["race daxctl"], dax = to_system_ram(g, 2, online=True)
+            # daxctl set up to reconfigure the third (no `online = false`), with a
+            # udev rule that runs it (Debian 12's own runs `daxctl -C`, which
+            # daxctl 76 rejects; written after the device's add event, so it does
+            # not fire): doctor must report it. Then what the rule runs for a new
+            # dax device, which onlines its memory itself.
+            dax, uuid = to_devdax(g, 2)
+            g.sh(f"mkdir -p {os.path.dirname(DAXCTL_CONF)} && printf '[reconfigure-device nv2]\\n"
+                 f"nvdimm.uuid = {uuid}\\nmode = system-ram\\n' > {DAXCTL_CONF} && "
+                 f"echo '{DAXCTL_RULE_TEXT}' > {DAXCTL_RULE}")
+            res["doctor with daxctl.conf"] = g.sh("/run/mo doctor").stdout
+            r = g.sh(f"daxctl reconfigure-device --check-config {dax} 2>&1", check=False)
+            res["race rc"], res["race daxctl"] = r.returncode, r.stdout
             res["after the race"] = wait_layout(g, all_online(base_blocks(g)), f"{dax} online")
             res["rc"], res["log"] = stop_daemon(g)
     return res

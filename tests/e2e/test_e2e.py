@@ -177,8 +177,9 @@ def test_virtio_mem_big_block_mode(suite, oracles):
 @pytest.mark.parametrize("suite", WITH_5_10)
 def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
     """NVDIMMs made system RAM with daxctl (dax/kmem): each device wholly in
-    one zone, as the kernel's policy put it; then plain daxctl onlining a
-    device itself while memonlined runs."""
+    one zone, as the kernel's policy put it; then daxctl.conf.d set up to
+    online a device (doctor reports it) and daxctl onlining it itself while
+    memonlined runs."""
     mine = S.dax_kmem(suite, "memonlined")
     kernel = oracles.result("dax-kmem", suite)
     check_daemon(mine)
@@ -192,7 +193,9 @@ def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
     # The race: daxctl onlined dax2.0 itself while memonlined acted on the same
     # blocks. Every block is online, daxctl succeeded, memonlined logged no
     # error (check_daemon) and said which blocks someone else had onlined.
-    assert mine["race rc"] == 0, mine["race daxctl"]
+    assert f"conflict: {S.DAXCTL_CONF}:1 [reconfigure-device nv2]" in mine["doctor with daxctl.conf"], \
+        mine["doctor with daxctl.conf"]
+    assert mine["race rc"] == 0 and '"mode":"system-ram"' in mine["race daxctl"], mine["race daxctl"]
     race = mine["after the race"]
     assert len(race) > len(mine["after NVDIMM 1"]) and None not in race.values(), S.summary(race)
     unaccounted = [n for n in race if n not in mine["after NVDIMM 1"] and not re.search(
