@@ -1,7 +1,8 @@
 #!/bin/bash
 # Prepare this machine for the real-guest tests (idempotent, run as root):
-# QEMU + virtme-ng, ndctl and daxctl (the dax/kmem scenario), and Debian guest kernels (5.10, 6.1, 6.12) whose modules
-# are installed on the host, because virtme-ng shares the host's root.
+# QEMU + virtme-ng, ndctl and daxctl (the dax/kmem scenario), and Debian
+# guest kernels (5.10, 6.1, 6.12) whose modules are installed on the host,
+# because virtme-ng shares the host's root.
 # Writes $CACHE/kernels.json: {"bookworm": {"version": ..., "vmlinuz": ...}, ...}
 set -euo pipefail
 
