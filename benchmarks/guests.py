@@ -266,12 +266,16 @@ def other_qemus(own_sid=None):
 
 # -- one guest ------------------------------------------------------------------------------
 
+def bench_guest(approach, **kw):
+    """The benchmarks' guest: Debian 6.1, 4 GiB, 2 vCPUs, APPROACH's boot options."""
+    return Guest(kernel("bookworm"), memory_mib=4096, slots=8, maxmem_mib=65536, append=APPEND[approach],
+                 cpus=2, **kw)
+
+
 def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000, 1024, 256, 64, 64), settle=20,
               unplug_timeout=60, mo_args=(), log=print):
     res = {"approach": approach}
-    opts = virtio_mem_opts("vm0", 16 * GiB)
-    with Guest(kernel("bookworm"), memory_mib=4096, slots=8, maxmem_mib=65536, append=APPEND[approach],
-               qemu_opts=opts, cpus=2) as g:
+    with bench_guest(approach, qemu_opts=virtio_mem_opts("vm0", 16 * GiB)) as g:
         others = set(other_qemus(g.proc.pid))
         res["boot s"] = round(g.boot_seconds, 1)
         for name, text in (("watcher.py", WATCHER), ("workload.py", WORKLOAD), ("census.py", CENSUS)):

@@ -32,6 +32,12 @@ def block_dir(index: int) -> str:
     return f"{MEMORY}/memory{index}"
 
 
+def numbered(name: str, prefix: str) -> Optional[int]:
+    """N of a sysfs name PREFIX<N> (memory48, node1); None for any other name."""
+    rest = name[len(prefix):]
+    return int(rest) if name.startswith(prefix) and rest.isdigit() else None
+
+
 class Backend:
     def __init__(self, root: str = "/"):
         self.root = os.path.abspath(root)
@@ -76,18 +82,13 @@ class Backend:
 
     def block_indexes(self) -> List[int]:
         """The indexes of all memory block directories, ascending."""
-        out = []
-        for name in self.listdir(MEMORY):
-            if name.startswith("memory") and name[6:].isdigit():
-                out.append(int(name[6:]))
-        return sorted(out)
+        indexes = (numbered(name, "memory") for name in self.listdir(MEMORY))
+        return sorted(i for i in indexes if i is not None)
 
     def block_node(self, index: int) -> Optional[int]:
         """The node of a block, from its nodeK link (absent for a moment after add)."""
-        for name in self.listdir(block_dir(index)):
-            if name.startswith("node") and name[4:].isdigit():
-                return int(name[4:])
-        return None
+        nodes = (numbered(name, "node") for name in self.listdir(block_dir(index)))
+        return next((n for n in nodes if n is not None), None)
 
     def node_blocks(self) -> Dict[int, int]:
         """Block index -> node, from the nodeK/memoryN links: one listing per
@@ -95,10 +96,12 @@ class Backend:
         without node directories) are looked up with block_node()."""
         out = {}
         for name in self.listdir(NODE):
-            if name.startswith("node") and name[4:].isdigit():
+            node = numbered(name, "node")
+            if node is not None:
                 for entry in self.listdir(f"{NODE}/{name}"):
-                    if entry.startswith("memory") and entry[6:].isdigit():
-                        out[int(entry[6:])] = int(name[4:])
+                    index = numbered(entry, "memory")
+                    if index is not None:
+                        out[index] = node
         return out
 
     def kernel_log(self) -> List[str]:
@@ -161,16 +164,16 @@ def capture_paths(backend: Backend) -> Iterator[str]:
     for index in backend.block_indexes():
         d = block_dir(index)
         names = backend.listdir(d)
-        linked = any(n.startswith("node") and n[4:].isdigit() for n in names)
+        links = [name for name in names if numbered(name, "node") is not None]
         for name in names:
-            if name == "valid_zones" and not linked:
+            if name == "valid_zones" and not links:
                 continue  # reading it before the node is set oopses the kernel (discover.read_block)
-            if name in BLOCK_FILES or name == "firmware_node" or (name.startswith("node") and name[4:].isdigit()):
+            if name in BLOCK_FILES or name == "firmware_node" or name in links:
                 yield f"{d}/{name}"
     for name in backend.listdir(NODE):
-        if name.startswith("node") and name[4:].isdigit():
+        if numbered(name, "node") is not None:
             for entry in backend.listdir(f"{NODE}/{name}"):
-                if entry.startswith("memory") and entry[6:].isdigit():
+                if numbered(entry, "memory") is not None:
                     yield f"{NODE}/{name}/{entry}"
     for name in backend.listdir(ACPI_DEVICES):
         if name.startswith("PNP0C80:"):

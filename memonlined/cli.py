@@ -16,7 +16,7 @@ from typing import List, Optional
 from . import __version__
 from . import backend as B
 from . import config
-from .conflicts import find_conflicts, find_udev_rules
+from .conflicts import RuleConflict, find_conflicts
 from .discover import SystemDataError, discover
 from .model import Machine
 from .parse import format_size
@@ -336,9 +336,10 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
                 else f"size {format_size(group.max_pages * 4096)}")
         print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
               f"kernel {format_size(group.kernel_pages * 4096)}, movable {format_size(group.movable_pages * 4096)}")
-    for conflict in find_conflicts(backend):
+    conflicts = find_conflicts(backend)
+    for conflict in conflicts:
         print("conflict: " + conflict.advice())
-    if not find_udev_rules(backend):
+    if not any(isinstance(c, RuleConflict) for c in conflicts):
         print("no udev rule onlines memory blocks")
     for warning in machine.warnings:
         print("warning: " + warning)

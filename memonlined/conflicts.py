@@ -49,8 +49,12 @@ def _effective_rules(backend: B.Backend) -> Iterator[Tuple[str, str]]:
 
 def find_udev_rules(backend: B.Backend) -> List[RuleConflict]:
     """Rules in effect that write memory block state."""
+    return _rule_conflicts(_effective_rules(backend))
+
+
+def _rule_conflicts(rules) -> List[RuleConflict]:
     found = []
-    for rel, text in _effective_rules(backend):
+    for rel, text in rules:
         about_memory = bool(_MEMORY.search(text))
         for lineno, line in enumerate(text.splitlines(), 1):
             if line.lstrip().startswith("#"):
@@ -86,10 +90,10 @@ def _false(value: str) -> bool:
     return value[:1] in ("f", "F", "n", "N", "0")
 
 
-def find_daxctl_configs(backend: B.Backend) -> List[DaxctlConflict]:
+def _daxctl_conflicts(backend: B.Backend, rules) -> List[DaxctlConflict]:
     """daxctl configuration sections that turn a dax device into system RAM
-    and online it, when daxctl's udev rule is in effect to act on them."""
-    if not any(_DAXCTL_CHECK_CONFIG.search(text) for _, text in _effective_rules(backend)):
+    and online it, when a udev rule in RULES has daxctl act on them."""
+    if not any(_DAXCTL_CHECK_CONFIG.search(text) for _, text in rules):
         return []
     found = []
     for name in sorted(backend.listdir(DAXCTL_CONF_DIR)):
@@ -118,4 +122,6 @@ def find_daxctl_configs(backend: B.Backend) -> List[DaxctlConflict]:
 
 
 def find_conflicts(backend: B.Backend) -> List[Union[RuleConflict, DaxctlConflict]]:
-    return [*find_udev_rules(backend), *find_daxctl_configs(backend)]
+    """Every other onliner: udev rules, then daxctl configuration."""
+    rules = list(_effective_rules(backend))  # each rule file read once
+    return [*_rule_conflicts(rules), *_daxctl_conflicts(backend, rules)]

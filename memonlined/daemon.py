@@ -36,12 +36,6 @@ class Stop(Exception):
     pass
 
 
-def block_index(sys_name: str) -> Optional[int]:
-    if sys_name.startswith("memory") and sys_name[6:].isdigit():
-        return int(sys_name[6:])
-    return None
-
-
 class Handled:
     """The blocks memonlined onlined or saw online in this boot, kept under /run
     so that a restarted daemon knows which offline blocks an administrator
@@ -77,8 +71,7 @@ class Daemon:
         self.settings = settings
         self.monitor = monitor
         self.reload_settings = reload
-        self.notifying = notify is not None
-        self.notify = notify or (lambda state: None)
+        self.notify = notify  # None outside systemd
         self.settle = settle
         self.watchdog = watchdog_usec / 1e6 / 2 if watchdog_usec else None
         self.dry_run = dry_run
@@ -178,6 +171,10 @@ class Daemon:
             self.counts["onlined"] += 1
         self.handled.save()
 
+    def sd_notify(self, state: str) -> None:
+        if self.notify is not None:
+            self.notify(state)
+
     def status(self) -> str:
         m = self.machine
         online = sum(1 for b in m.blocks.values() if b.state != "offline")
@@ -188,7 +185,7 @@ class Daemon:
     # -- events -----------------------------------------------------------
 
     def on_event(self, action: str, sys_name: str) -> None:
-        index = block_index(sys_name)
+        index = B.numbered(sys_name, "memory")
         if index is None:
             return
         if action == "add":
@@ -259,8 +256,8 @@ class Daemon:
                             "(onlined by someone else)", index, block.zone)
                 self.counts["conflicts"] += 1
         self._online([i for i in batch if i in self.machine.blocks and self.machine.blocks[i].state == "offline"])
-        if self.notifying:  # status() reads /proc/meminfo: not for nothing
-            self.notify("STATUS=" + self.status())
+        if self.notify is not None:  # status() reads /proc/meminfo: not for nothing
+            self.sd_notify("STATUS=" + self.status())
 
     # -- the loop -----------------------------------------------------------
 
@@ -293,7 +290,7 @@ class Daemon:
             self.monitor.start()  # before the scan, so no add between the two is lost
             self.take_over_auto_online()
             self.scan()
-            self.notify("READY=1\nSTATUS=" + self.status())
+            self.sd_notify("READY=1\nSTATUS=" + self.status())
             log.info("ready: %s", self.status())
             selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
             selector.register(rsock, selectors.EVENT_READ, "signal")
@@ -301,7 +298,7 @@ class Daemon:
             while True:
                 now = time.monotonic()
                 if self.watchdog is not None and now >= next_watchdog:
-                    self.notify("WATCHDOG=1")
+                    self.sd_notify("WATCHDOG=1")
                     next_watchdog = now + self.watchdog
                 timeouts = [t - now for t in (self.deadline, next_watchdog if self.watchdog else None) if t]
                 timeout = max(0.0, min(timeouts)) if timeouts else None
@@ -313,7 +310,7 @@ class Daemon:
                 if self.deadline is not None and time.monotonic() >= self.deadline:
                     self.process_batch()
         except Stop:
-            self.notify("STOPPING=1")
+            self.sd_notify("STOPPING=1")
             log.info("stopping: %s", self.status())
             self.restore_auto_online()
             return 0
@@ -338,13 +335,13 @@ class Daemon:
                     self.process_batch()  # finish what was started: nothing half-done
                 raise Stop()
             if signum == signal.SIGHUP:
-                self.notify("RELOADING=1")
+                self.sd_notify("RELOADING=1")
                 try:
                     self.settings = self.reload_settings()
                     log.info("configuration reloaded")
                 except Exception as e:  # noqa: BLE001 - any bad config keeps the old one
                     log.error("%s; keeping the configuration in force", e)
-                self.notify("READY=1")
+                self.sd_notify("READY=1")
 
     def _drain(self) -> None:
         while True:

@@ -53,8 +53,7 @@ class KernelMonitor:
             self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, receive_buffer)
         except PermissionError:  # needs CAP_NET_ADMIN beyond rmem_max
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-            log.warning("could not set the uevent receive buffer to %d MiB (no CAP_NET_ADMIN); bursts may lose "
-                        "events, which makes memonlined rescan", receive_buffer >> 20)
+            _small_buffer(receive_buffer >> 20, "no CAP_NET_ADMIN")
 
     def start(self) -> None:
         self.sock.bind((0, KERNEL_GROUP))
@@ -88,6 +87,10 @@ def make_monitor(event_source: str, receive_buffer_mib: int):
     try:
         monitor.set_receive_buffer_size(receive_buffer_mib << 20)
     except OSError as e:  # needs CAP_NET_ADMIN beyond rmem_max
-        log.warning("could not set the uevent receive buffer to %d MiB (%s); bursts may lose events, "
-                    "which makes memonlined rescan", receive_buffer_mib, e)
+        _small_buffer(receive_buffer_mib, e)
     return monitor
+
+
+def _small_buffer(mib: int, why) -> None:
+    log.warning("could not set the uevent receive buffer to %d MiB (%s); bursts may lose events, "
+                "which makes memonlined rescan", mib, why)

@@ -172,7 +172,6 @@ def test_virtio_mem_big_block_mode(suite, oracles):
     assert_same(mine, kernel, "grown", suite, mine["log"])
 
 
-
 @pytest.mark.oracle("dax-kmem")
 @pytest.mark.parametrize("suite", WITH_5_10)
 def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
@@ -190,9 +189,10 @@ def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
     assert new1 and {kernel["after NVDIMM 1"][n] for n in new1} == {"Normal"}, S.summary(kernel["after NVDIMM 1"])
     for checkpoint in ("after NVDIMM 0", "after NVDIMM 1"):
         assert_same(mine, kernel, checkpoint, suite, mine["log"])
-    # The race: daxctl onlined dax2.0 itself while memonlined acted on the same
-    # blocks. Every block is online, daxctl succeeded, memonlined logged no
-    # error (check_daemon) and said which blocks someone else had onlined.
+    # The race: daxctl onlined the third device itself while memonlined acted
+    # on the same blocks. doctor had reported the configuration; every block is
+    # online, daxctl succeeded, memonlined logged no error (check_daemon) and
+    # accounted for every block.
     assert f"conflict: {S.DAXCTL_CONF}:1 [reconfigure-device nv2]" in mine["doctor with daxctl.conf"], \
         mine["doctor with daxctl.conf"]
     assert mine["race rc"] == 0 and '"mode":"system-ram"' in mine["race daxctl"], mine["race daxctl"]

@@ -67,7 +67,8 @@ while [ $i -lt 600 ]; do
     sleep 0.5; i=$((i + 1))
 done
 echo "E2E-LAYOUT-BEGIN"
-%secho "E2E-LAYOUT-END"
+%s
+echo "E2E-LAYOUT-END"
 echo "E2E-STATUS2 $(show)"
 echo "E2E-JOURNAL-BEGIN"
 journalctl -u memonlined -o verbose MESSAGE_ID=%s --no-pager
