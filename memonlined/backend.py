@@ -19,6 +19,8 @@ ZONEINFO = "proc/zoneinfo"
 IOMEM = "proc/iomem"
 OSRELEASE = "proc/sys/kernel/osrelease"
 KMSG = "dev/kmsg"
+BOOT_ID = "proc/sys/kernel/random/boot_id"
+MEMINFO = "proc/meminfo"
 AUTO_ONLINE = f"{MEMORY}/auto_online_blocks"
 # The kernel settings memonlined may write (kernel mode and the auto-online take-over).
 SETTINGS = (AUTO_ONLINE, f"{PARAMETERS}/online_policy", f"{PARAMETERS}/auto_movable_ratio",
@@ -41,6 +43,7 @@ def numbered(name: str, prefix: str) -> Optional[int]:
 class Backend:
     def __init__(self, root: str = "/"):
         self.root = os.path.abspath(root)
+        self._memory_fd: Optional[int] = None  # sys/devices/system/memory, opened beneath the root
 
     def path(self, rel: str) -> str:
         return os.path.join(self.root, rel)
@@ -131,14 +134,41 @@ class Backend:
             os.close(fd)
         return records
 
-    def write_block_state(self, index: int, value: str) -> None:
-        """Write VALUE to a block's state file. Raises OSError as the kernel does.
+    def instance(self, rel: str) -> Optional[int]:
+        """What tells one instance of a sysfs directory from the next one at the
+        same path: its inode number (kernfs numbers nodes without reuse, on
+        64-bit kernels for the whole boot). None when it is gone."""
+        try:
+            return os.stat(self.path(rel)).st_ino
+        except OSError:
+            return None
 
-        The path is built from an integer, never from text read off the
-        system, and the file must already exist: nothing is ever created and
-        a symlink is never followed, so a write cannot land anywhere else.
-        """
-        fd = os.open(self.path(f"{block_dir(int(index))}/state"), os.O_WRONLY | os.O_NOFOLLOW)
+    def block_instance(self, index: int) -> Optional[int]:
+        return self.instance(block_dir(index))
+
+    def boot_id(self) -> Optional[str]:
+        try:
+            return self.read(BOOT_ID).strip() or None
+        except OSError:
+            return None
+
+    def _open_beneath(self, rel: str, flags: int, dir_fd: Optional[int] = None) -> int:
+        """Open REL under the root (or under DIR_FD) following no symlink on
+        the way: O_NOFOLLOW alone guards only the last component."""
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if dir_fd is None else os.dup(dir_fd)
+        try:
+            *dirs, name = rel.split("/")
+            for part in dirs:
+                if part in ("", ".", ".."):
+                    raise OSError(errno.EINVAL, f"{rel}: not a plain relative path")
+                next_fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = next_fd
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+    def _write(self, fd: int, value: str) -> None:
         try:
             data = value.encode()
             if os.write(fd, data) != len(data):
@@ -146,76 +176,25 @@ class Backend:
         finally:
             os.close(fd)
 
+    def write_block_state(self, index: int, value: str) -> None:
+        """Write VALUE to a block's state file. Raises OSError as the kernel does.
+
+        The path is built from an integer, never from text read off the
+        system; the file must already exist (nothing is created) and no
+        symlink is followed on the way from the root, so a write cannot land
+        anywhere else, under --root too.
+        """
+        if self._memory_fd is None:
+            self._memory_fd = self._open_beneath(MEMORY, os.O_PATH | os.O_DIRECTORY)
+        self._write(self._open_beneath(f"memory{int(index)}/state", os.O_WRONLY, self._memory_fd), value)
+
     def write_setting(self, rel: str, value: str) -> None:
         """Write one of the kernel settings in SETTINGS; nothing else."""
         if rel not in SETTINGS:
             raise ValueError(f"{rel}: not a setting memonlined writes")
-        fd = os.open(self.path(rel), os.O_WRONLY | os.O_NOFOLLOW)
-        try:
-            os.write(fd, value.encode())
-        finally:
-            os.close(fd)
+        self._write(self._open_beneath(rel, os.O_WRONLY), value)
 
-
-def capture_paths(backend: Backend) -> Iterator[str]:
-    """Every file and link memonlined reads, as relative paths."""
-    yield f"{MEMORY}/block_size_bytes"
-    yield AUTO_ONLINE
-    for index in backend.block_indexes():
-        d = block_dir(index)
-        names = backend.listdir(d)
-        links = [name for name in names if numbered(name, "node") is not None]
-        for name in names:
-            if name == "valid_zones" and not links:
-                continue  # reading it before the node is set oopses the kernel (discover.read_block)
-            if name in BLOCK_FILES or name == "firmware_node" or name in links:
-                yield f"{d}/{name}"
-    for name in backend.listdir(NODE):
-        if numbered(name, "node") is not None:
-            for entry in backend.listdir(f"{NODE}/{name}"):
-                if numbered(entry, "memory") is not None:
-                    yield f"{NODE}/{name}/{entry}"
-    for name in backend.listdir(ACPI_DEVICES):
-        if name.startswith("PNP0C80:"):
-            yield f"{ACPI_DEVICES}/{name}"
-    for name in backend.listdir(PARAMETERS):
-        yield f"{PARAMETERS}/{name}"
-    yield BOOT_PARAMS
-    for entry in backend.listdir(FIRMWARE_MEMMAP):
-        for name in ("start", "end", "type"):
-            yield f"{FIRMWARE_MEMMAP}/{entry}/{name}"
-    yield ZONEINFO
-    yield IOMEM
-    yield OSRELEASE
-
-
-def capture(backend: Backend, out: str) -> int:
-    """Record what memonlined reads into OUT at the same relative paths.
-
-    Links are kept as the relative links they are; the kernel log is kept as
-    a plain file holding only the virtio_mem records. Returns the file count.
-    """
-    count = 0
-    for rel in capture_paths(backend):
-        src = backend.path(rel)
-        dst = os.path.join(out, rel)
-        if not os.path.lexists(src):
-            continue
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if os.path.islink(src):
-            if os.path.lexists(dst):
-                os.unlink(dst)
-            os.symlink(os.readlink(src), dst)
-        else:
-            try:
-                data = backend.read_bytes(rel)
-            except OSError:
-                continue  # unreadable (e.g. a write-only parameter): not needed
-            with open(dst, "wb") as f:
-                f.write(data)
-        count += 1
-    records = [r for r in backend.kernel_log() if "virtio_mem" in r]
-    os.makedirs(os.path.join(out, "dev"), exist_ok=True)
-    with open(os.path.join(out, KMSG), "w", encoding="utf-8") as f:
-        f.writelines(r + "\n" for r in records)
-    return count + 1
+    def close(self) -> None:
+        if self._memory_fd is not None:
+            os.close(self._memory_fd)
+            self._memory_fd = None

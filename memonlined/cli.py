@@ -16,13 +16,16 @@ from typing import List, Optional
 from . import __version__
 from . import backend as B
 from . import config
+from .capture import CaptureError, capture
+from .config import resolve_mode
 from .conflicts import RuleConflict, find_conflicts
 from .discover import SystemDataError, discover
 from .model import Machine
-from .parse import format_size
+from .parse import ParseError, format_size, parse_meminfo
 from .planner import Planner
 from .policy import Settings, movable_headroom
-from .writer import CONFLICT_MESSAGE_ID, FAILED, Outcome, online_blocks
+from .state import StateError
+from .writer import CONFLICT_MESSAGE_ID, FAILED, Outcome, Writer, online_blocks
 
 log = logging.getLogger("memonlined")
 
@@ -84,10 +87,12 @@ def setup_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None) -> int:
-    """BACKEND replaces the one --root would build (the tests' fake kernel)."""
+def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None, monitor=None,
+         notifier=None) -> int:
+    """The composition root. BACKEND replaces the one --root would build (the
+    tests' fake kernel), MONITOR the uevent source, NOTIFIER systemd's."""
     try:
-        return _main(argv, backend)
+        return _main(argv, backend, monitor, notifier)
     except BrokenPipeError:  # `memonlined status | head`
         sys.stderr.close()
         return EXIT_OK
@@ -95,12 +100,19 @@ def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None) 
         return 130
 
 
-def _main(argv, backend) -> int:
+def _main(argv, backend, monitor, notifier) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     backend = backend or B.Backend(args.root)
     if args.command == "capture":
-        count = B.capture(backend, args.out)
+        try:
+            count = capture(backend, args.out)
+        except CaptureError as e:
+            log.error("%s", e)
+            return EXIT_USAGE
+        except OSError as e:
+            log.error("%s: capture failed: %s", e.filename or args.out, e.strerror or e)
+            return EXIT_SYSTEM
         print(f"captured {count} files into {args.out}")
         return EXIT_OK
     cli_values = {name: getattr(args, "key_" + name) for name in config.KEYS
@@ -116,8 +128,8 @@ def _main(argv, backend) -> int:
         return EXIT_CONFIG
     if args.command == "run":
         try:
-            return run_daemon(backend, settings, load_settings, args)
-        except SystemDataError as e:
+            return run_daemon(backend, settings, load_settings, args, monitor, notifier)
+        except (SystemDataError, StateError) as e:
             log.error("%s", e)
             return EXIT_SYSTEM
     try:
@@ -130,7 +142,7 @@ def _main(argv, backend) -> int:
     if args.command == "online":
         return cmd_online(backend, machine, settings, args.dry_run, args.json)
     if args.command == "status":
-        return cmd_status(machine, settings, args.json, live=backend.root == "/")
+        return cmd_status(backend, machine, settings, args.json)
     if args.command == "doctor":
         return cmd_doctor(backend, machine, settings, args.config)
     return cmd_explain(machine, settings, args.block, args.json)
@@ -145,7 +157,7 @@ def _auto_online_note(machine: Machine) -> None:
 def cmd_online(backend: B.Backend, machine: Machine, settings: Settings, dry_run: bool, as_json: bool) -> int:
     _auto_online_note(machine)
     planner = Planner(machine, settings)
-    outcomes = online_blocks(backend, planner, planner.offline_blocks(), dry_run)
+    outcomes = online_blocks(Writer(backend, dry_run), planner, planner.offline_blocks())
     if not outcomes:
         log.info("no offline memory blocks: nothing to do")
     if as_json:
@@ -178,15 +190,17 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
-def memory_now():
-    """What the kernel can hand out now, next to the block layout (psutil,
-    imported here: the other commands start faster without it)."""
-    import psutil
+def memory_now(backend: B.Backend) -> dict:
+    """What the kernel can hand out now, next to the block layout ({} when
+    the tree has no proc/meminfo)."""
+    try:
+        info = parse_meminfo(backend.read(B.MEMINFO))
+        return {"memory_total": info["MemTotal"], "memory_available": info["MemAvailable"]}
+    except (OSError, ParseError, KeyError):
+        return {}
 
-    return psutil.virtual_memory()
 
-
-def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool = False) -> int:
+def cmd_status(backend: B.Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
     _auto_online_note(machine)
     # The node summary is of the machine as it is, before the planner's what-if.
     mib = lambda pages: pages * 4096 >> 20  # noqa: E731
@@ -200,11 +214,8 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool =
     for index in choices:
         machine.remove_online(machine.blocks[index])
     ranges = _ranges(machine, choices)
+    usage = memory_now(backend)
     if as_json:
-        usage = {}
-        if live:
-            vm = memory_now()
-            usage = {"memory_total": vm.total, "memory_available": vm.available}
         print(json.dumps({"memory": ranges, "nodes": nodes, "block_size": machine.block_size, **usage,
                           "auto_online_blocks": machine.auto_online_blocks,
                           "kernel_params": machine.kernel_params}, indent=1))
@@ -219,9 +230,9 @@ def cmd_status(machine: Machine, settings: Settings, as_json: bool, live: bool =
     print(f"Memory block size: {format_size(machine.block_size)}; "
           f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
           f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
-    if live:
-        vm = memory_now()
-        print(f"Memory: total {format_size(vm.total)}, available {format_size(vm.available)}")
+    if usage:
+        print(f"Memory: total {format_size(usage['memory_total'])}, "
+              f"available {format_size(usage['memory_available'])}")
     for n in nodes:
         print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
               f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "
@@ -258,34 +269,9 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     return EXIT_OK
 
 
-def resolve_mode(has_policy: bool, settings: Settings) -> "tuple[str, str]":
-    """The mode in force and why. HAS_POLICY: the kernel has the auto-movable policy (5.15+)."""
-    if settings.mode == "kernel":
-        if not has_policy:
-            return "userspace", "mode kernel asked for, but this kernel has no auto-movable policy (before 5.15)"
-        return "kernel", "mode kernel configured"
-    if settings.mode == "auto":
-        if not has_policy:
-            return "userspace", "mode auto: this kernel has no auto-movable policy (before 5.15)"
-        if settings.needs_userspace():
-            return "userspace", "mode auto: the configuration asks for what only memonlined can do " \
-                                "(a policy other than auto-movable, a kernel floor or overrides)"
-        return "kernel", "mode auto: the kernel has the auto-movable policy and the configuration needs nothing more"
-    return "userspace", "mode userspace configured"
-
-
-def configure_kernel(backend: B.Backend, settings: Settings) -> None:
-    """Kernel mode: the cover letter's target usage, steps 2 and 3."""
-    for rel, value in ((f"{B.PARAMETERS}/online_policy", "auto-movable"),
-                       (f"{B.PARAMETERS}/auto_movable_ratio", str(settings.ratio)),
-                       (f"{B.PARAMETERS}/auto_movable_numa_aware", "Y" if settings.numa_aware else "N"),
-                       (B.AUTO_ONLINE, "online")):
-        backend.write_setting(rel, value)
-        log.info("kernel mode: wrote %s to %s", value, "/" + rel)
-
-
-def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> int:
-    from .daemon import Daemon, notifier
+def run_daemon(backend: B.Backend, settings: Settings, load_settings, args, monitor=None, notifier=None) -> int:
+    from .daemon import Daemon
+    from .notify import Systemd
     from .uevents import make_monitor
 
     # The daemon's own start-up reads everything; the mode needs one file.
@@ -293,21 +279,17 @@ def run_daemon(backend: B.Backend, settings: Settings, load_settings, args) -> i
     log.info("mode %s: %s", mode, why)
     for conflict in find_conflicts(backend):
         log.warning("%s", conflict.advice(), extra={"MESSAGE_ID": CONFLICT_MESSAGE_ID, "RULE": conflict.path})
-    if mode == "kernel" and not args.dry_run:
-        configure_kernel(backend, settings)
-    try:
-        monitor = make_monitor(settings.event_source, settings.receive_buffer_mib)
-    except ImportError:
-        log.error("event_source = udev needs pyudev: pip install 'memonlined[daemon]'")
-        return EXIT_CONFIG
-    except OSError as e:
-        log.error("cannot open the kernel's uevent socket (%s): %s", settings.event_source, e.strerror)
-        return EXIT_SYSTEM
-    daemon = Daemon(backend, settings, monitor, reload=load_settings, notify=notifier(),
-                    state_dir=args.state_dir, settle=settings.settle_ms / 1000,
-                    watchdog_usec=int(os.environ.get("WATCHDOG_USEC", "0") or 0), dry_run=args.dry_run,
-                    take_over_auto_online=settings.take_over_auto_online and mode == "userspace",
-                    kernel_mode=mode == "kernel")
+    if monitor is None:
+        try:
+            monitor = make_monitor(settings.event_source, settings.receive_buffer_mib)
+        except ImportError:
+            log.error("event_source = udev needs pyudev: pip install 'memonlined[daemon]'")
+            return EXIT_CONFIG
+        except OSError as e:
+            log.error("cannot open the kernel's uevent socket (%s): %s", settings.event_source, e.strerror)
+            return EXIT_SYSTEM
+    daemon = Daemon(backend, settings, monitor, reload=load_settings, notifier=notifier or Systemd(),
+                    state_dir=args.state_dir, dry_run=args.dry_run, kernel_mode=mode == "kernel")
     return daemon.run()
 
 

@@ -154,3 +154,19 @@ def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) 
                 values[key] = spec.parse(value.strip())
             except ValueError as e:
                 raise ConfigError(f"{path}: invalid value {value.strip()!r} for {key} in [{section}]: {e}") from None
+
+
+def resolve_mode(has_policy: bool, settings: Settings) -> "tuple[str, str]":
+    """The mode in force and why. HAS_POLICY: the kernel has the auto-movable policy (5.15+)."""
+    if settings.mode == "kernel":
+        if not has_policy:
+            return "userspace", "mode kernel asked for, but this kernel has no auto-movable policy (before 5.15)"
+        return "kernel", "mode kernel configured"
+    if settings.mode == "auto":
+        if not has_policy:
+            return "userspace", "mode auto: this kernel has no auto-movable policy (before 5.15)"
+        if settings.needs_userspace():
+            return "userspace", "mode auto: the configuration asks for what only memonlined can do " \
+                                "(a policy other than auto-movable, a kernel floor or overrides)"
+        return "kernel", "mode auto: the kernel has the auto-movable policy and the configuration needs nothing more"
+    return "userspace", "mode userspace configured"

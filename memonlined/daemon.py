@@ -1,213 +1,359 @@
-"""memonlined run: the udev-driven daemon.
+"""memonlined run: the uevent-driven daemon.
 
-One thread, one selectors loop over the uevent monitor, a signal self-pipe
-and the watchdog timer. A uevent only says which block to look at again;
-sysfs is the truth. The `add` events read at once (optionally gathered for a
-settle window) are decided as one batch.
+One thread, one selectors loop over the uevent monitor and a signal
+self-pipe, with timeouts for the batch deadline and the watchdog. A uevent
+only says which block to look at again; sysfs is the truth. Added blocks
+are decided as one batch (Pending); the take-over of auto_online_blocks
+(TakeOver) and what a restart must know (state.py) outlive any one process.
 """
 
-import fcntl
 import logging
-import os
 import selectors
 import signal
 import socket
 import time
-from typing import Callable, Optional, Set
-
-import psutil
+from typing import List, Optional, Set
 
 from . import backend as B
-from .discover import Reader, SystemDataError, read_machine
+from .discover import SystemDataError, read_machine
 from .model import Machine
+from .notify import Systemd
+from .parse import format_size, parse_meminfo, ParseError
 from .planner import Planner
 from .policy import Settings
-from .writer import ALREADY_ONLINE, FAILED, online_blocks
+from .state import Handled, StateDir
+from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blocks, online_by_kernel
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "handled"
 # How long a batch may wait for what the kernel adds after a block's add
 # uevent: its node link, and an ACPI DIMM's firmware_node links.
 LINK_WAIT = 2.0
+AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
+# [daemon] keys a reload cannot apply to a running daemon.
+RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
 
-class Stop(Exception):
-    pass
+class Abort(Exception):
+    """SIGABRT (systemd's watchdog): unwind, putting the kernel's settings back."""
 
 
-class Handled:
-    """The blocks memonlined onlined or saw online in this boot, kept under /run
-    so that a restarted daemon knows which offline blocks an administrator
-    offlined (leave them) and which adds it missed (online them)."""
+class Pending:
+    """The blocks whose add uevent came, to be decided as one batch once the
+    settle window is over, and again a little later while the kernel has
+    not finished adding them (LINK_WAIT at most from the first add)."""
 
-    def __init__(self, state_dir: Optional[str]):
-        self.path = os.path.join(state_dir, STATE_FILE) if state_dir else None
+    def __init__(self, settle: float):
+        self.settle = settle
         self.blocks: Set[int] = set()
-        if self.path and os.path.exists(self.path):
-            try:
-                with open(self.path, encoding="ascii") as f:
-                    self.blocks = {int(w) for w in f.read().split()}
-            except (OSError, ValueError) as e:
-                log.warning("%s: unreadable (%s); treating every offline block as not yet handled", self.path, e)
+        self.first: Optional[float] = None
+        self.deadline: Optional[float] = None
 
-    def save(self) -> None:
-        if not self.path:
+    def add(self, index: int, now: float) -> None:
+        if self.first is None:
+            self.first, self.deadline = now, now + self.settle
+        self.blocks.add(index)
+
+    def discard(self, index: int) -> None:
+        self.blocks.discard(index)
+
+    def __contains__(self, index: int) -> bool:
+        return index in self.blocks
+
+    def __bool__(self) -> bool:
+        return bool(self.blocks)
+
+    def due(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def take(self) -> List[int]:
+        batch, self.blocks, self.deadline = sorted(self.blocks), set(), None
+        return batch
+
+    def wait_again(self, batch: List[int], now: float) -> bool:
+        """Put BATCH back for another look, unless it has waited long enough."""
+        if self.first is not None and now - self.first < LINK_WAIT:
+            self.blocks.update(batch)
+            self.deadline = now + max(self.settle, 0.005)
+            return True
+        self.first = None
+        return False
+
+    def done(self) -> None:
+        if not self.blocks:
+            self.first = None
+
+
+class TakeOver:
+    """auto_online_blocks set to offline while memonlined decides, put back on
+    every exit the process survives. The value replaced is recorded in the
+    state directory before the change, so that after a SIGKILL the next
+    daemon of the boot puts it back on its own clean stop. A value someone
+    else wrote meanwhile is theirs: it is never overwritten."""
+
+    RECORD = "auto_online_blocks.json"
+
+    def __init__(self, backend: B.Backend, writer: Writer, state: StateDir, enabled: bool):
+        self.backend, self.writer, self.state, self.enabled = backend, writer, state, enabled
+        self.original: Optional[str] = None  # what to put back; None: nothing taken over
+
+    def _current(self) -> Optional[str]:
+        try:
+            value = self.backend.read(B.AUTO_ONLINE).strip()
+        except OSError:
+            return None
+        return value if value in AUTO_ONLINE_VALUES else None
+
+    def __enter__(self) -> "TakeOver":
+        current = self._current()
+        record = self.state.load(self.RECORD)
+        recorded = record.get("original") if record else None
+        if recorded not in AUTO_ONLINE_VALUES[1:]:
+            recorded = None
+        if current == "offline" and recorded is not None:
+            # An earlier daemon of this boot took over and did not put it back.
+            self.original = recorded
+            log.info("auto_online_blocks was %s before memonlined (recorded by an earlier memonlined of "
+                     "this boot); put back on a clean stop", recorded)
+            if not self.enabled:
+                self._put_back()
+            return self
+        if recorded is not None:
+            log.info("auto_online_blocks was set to %s since the last memonlined stopped: %s it is",
+                     current, current)
+            self.state.remove(self.RECORD)
+        if current in (None, "offline"):
+            return self
+        if not self.enabled:
+            log.warning("the kernel onlines hot-plugged memory itself (auto_online_blocks=%s); "
+                        "memonlined only handles what it leaves offline", current)
+            return self
+        if not self.state.save(self.RECORD, {"original": current}):
+            log.error("not taking over auto_online_blocks (%s) without a record to put it back from: "
+                      "memonlined only handles what the kernel leaves offline", current)
+            return self
+        try:
+            self.writer.setting(B.AUTO_ONLINE, "offline")
+        except OSError as e:
+            log.error("cannot set /%s to offline (%s): the kernel goes on onlining hot-plugged memory "
+                      "itself; memonlined only handles what it leaves offline", B.AUTO_ONLINE, e.strerror)
+            self.state.remove(self.RECORD)
+            return self
+        self.original = current
+        log.info("took over from the kernel: auto_online_blocks was %s, set to offline "
+                 "(put back when memonlined stops)", current)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._put_back()
+
+    def _put_back(self) -> None:
+        if self.original is None:
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write("\n".join(map(str, sorted(self.blocks))) + "\n")
-        os.replace(tmp, self.path)
+        current = self._current()
+        if current != "offline":
+            log.warning("auto_online_blocks was set to %s while memonlined ran: left as it is", current)
+        else:
+            try:
+                self.writer.setting(B.AUTO_ONLINE, self.original)
+                log.info("auto_online_blocks put back to %s", self.original)
+            except OSError as e:
+                log.error("could not put auto_online_blocks back to %s: %s", self.original, e.strerror)
+                return  # the record stays: the next daemon tries again
+        self.state.remove(self.RECORD)
+        self.original = None
 
 
 class Daemon:
-    def __init__(self, backend: B.Backend, settings: Settings, monitor, *,
-                 reload: Callable[[], Settings], notify: Optional[Callable[[str], None]],
-                 state_dir: Optional[str] = "/run/memonlined", settle: float = 0.0,
-                 watchdog_usec: int = 0, dry_run: bool = False, take_over_auto_online: bool = True,
-                 kernel_mode: bool = False):
+    def __init__(self, backend: B.Backend, settings: Settings, monitor, *, reload, notifier: Optional[Systemd] = None,
+                 state_dir: Optional[str] = "/run/memonlined", dry_run: bool = False, kernel_mode: bool = False):
         self.backend = backend
         self.settings = settings
         self.monitor = monitor
         self.reload_settings = reload
-        self.notify = notify  # None outside systemd
-        self.settle = settle
-        self.watchdog = watchdog_usec / 1e6 / 2 if watchdog_usec else None
-        self.dry_run = dry_run
-        self.take_over = take_over_auto_online
+        self.notifier = notifier or Systemd({})
+        self.writer = Writer(backend, dry_run)
         self.kernel_mode = kernel_mode  # the kernel decides; memonlined onlines leftovers and reports
         # A dry run remembers nothing: the next real run must not take its
         # would-be onlined blocks for blocks an administrator offlined.
-        self.handled = Handled(None if dry_run else state_dir)
+        self.state = StateDir(None if dry_run else state_dir, backend.boot_id())
+        self.handled: Optional[Handled] = None
         self.machine: Optional[Machine] = None
-        self.reader: Optional[Reader] = None
-        self.pending: Set[int] = set()
+        self.reader = None
+        self.pending = Pending(settings.settle_ms / 1000)
         self.layout_stale = True  # /proc/iomem must be read again before the next batch
-        self.deadline: Optional[float] = None
-        self.first_add = 0.0
-        self.previous_auto_online: Optional[str] = None
         self.counts = {"onlined": 0, "failed": 0, "conflicts": 0}
+        self.stopping = self.reload_wanted = self.ready = False
+        self.watchdog_period = self.notifier.watchdog_period()
+        self.next_watchdog = 0.0
+        self._finishing = None  # the static group a stop lets finish
 
     # -- start and stop --------------------------------------------------
 
-    def take_over_auto_online(self) -> None:
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT. Returns the exit code; raises SystemDataError,
+        StateError for what the start-up cannot work without."""
+        if not self.state.lock():
+            log.error("another memonlined is running (%s/lock is locked)", self.state.path)
+            return 1
+        rsock, wsock = socket.socketpair()
+        rsock.setblocking(False)
+        wsock.setblocking(False)
+        old_wakeup = signal.set_wakeup_fd(wsock.fileno())
+        handlers = {sig: signal.signal(sig, self._on_signal)
+                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGABRT)}
+        selector = selectors.DefaultSelector()
         try:
-            value = self.backend.read(B.AUTO_ONLINE).strip()
-        except OSError:
-            return
-        if value == "offline":
-            return
-        if not self.take_over or self.dry_run:
-            log.warning("the kernel onlines hot-plugged memory itself (auto_online_blocks=%s); "
-                        "memonlined only handles what it leaves offline", value)
-            return
-        self.backend.write_setting(B.AUTO_ONLINE, "offline")
-        self.previous_auto_online = value
-        log.info("took over from the kernel: auto_online_blocks was %s, set to offline "
-                 "(put back on a clean stop)", value)
+            self.handled = Handled(self.state)
+            with TakeOver(self.backend, self.writer, self.state,
+                          self.settings.take_over_auto_online and not self.kernel_mode and not self.writer.dry_run):
+                if self.kernel_mode:
+                    self._configure_kernel()
+                self.monitor.start()  # before the scan, so no add between the two is lost
+                self.scan()
+                while self.pending and not self.stopping:  # boot-offline memory before READY=1
+                    time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
+                    self.process_batch()
+                self.notifier.ready(self.status())
+                self.ready = True
+                log.info("ready: %s", self.status())
+                selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
+                selector.register(rsock, selectors.EVENT_READ, "signal")
+                self._loop(selector, rsock)
+                self.notifier.stopping()
+                log.info("stopping: %s", self.status())
+            return 0
+        except Abort:
+            log.error("aborted (SIGABRT: the watchdog?): %s", self.status() if self.machine else "before the start")
+            return 1
+        finally:
+            selector.close()
+            signal.set_wakeup_fd(old_wakeup)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+            rsock.close()
+            wsock.close()
+            self.state.unlock()
 
-    def restore_auto_online(self) -> None:
-        if self.previous_auto_online is not None:
+    def _loop(self, selector, rsock) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            self._ping(now)
+            timeouts = [t - now for t in (self.pending.deadline, self.next_watchdog if self.watchdog_period else None)
+                        if t is not None]
+            for key, _ in selector.select(max(0.0, min(timeouts)) if timeouts else None):
+                if key.data == "signal":
+                    try:
+                        rsock.recv(64)  # the handler did the work: this only woke select()
+                    except BlockingIOError:
+                        pass
+                else:
+                    self._drain()
+            if self.reload_wanted:
+                self.reload()
+            if not self.stopping and self.pending.due(time.monotonic()):
+                self.process_batch()
+
+    def _on_signal(self, signum, _frame) -> None:
+        # Runs in the main thread between two bytecodes, also in a long batch.
+        if signum == signal.SIGABRT:
+            raise Abort()
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stopping = True
+
+    def _ping(self, now: float) -> None:
+        if self.watchdog_period is not None and now >= self.next_watchdog:
+            self.notifier.watchdog()
+            self.next_watchdog = now + self.watchdog_period
+
+    def _go_on(self, block) -> bool:
+        """Asked before each block of a batch: the watchdog is pinged however
+        long the batch, and a stop ends it at once but for the rest of a
+        DIMM or dax device, which the kernel decides as a whole."""
+        self._ping(time.monotonic())
+        if not self.stopping:
+            self._finishing = block.group
+            return True
+        group = block.group
+        return group is not None and not group.dynamic and group is self._finishing
+
+    # -- configuration -----------------------------------------------------
+
+    def _configure_kernel(self) -> None:
+        params = {}
+        for name in self.backend.listdir(B.PARAMETERS):
             try:
-                self.backend.write_setting(B.AUTO_ONLINE, self.previous_auto_online)
-                log.info("auto_online_blocks put back to %s", self.previous_auto_online)
-            except OSError as e:
-                log.error("could not put auto_online_blocks back to %s: %s", self.previous_auto_online, e)
+                params[name] = self.backend.read(f"{B.PARAMETERS}/{name}").strip()
+            except OSError:
+                continue
+        try:
+            configure_kernel(self.writer, self.settings, params)
+        except OSError as e:
+            log.error("kernel mode: cannot configure the kernel's policy (%s); memonlined decides instead",
+                      e.strerror or e)
+            self.kernel_mode = False
+
+    def reload(self) -> None:
+        self.reload_wanted = False
+        self.notifier.reloading()
+        try:
+            new = self.reload_settings()
+        except Exception as e:  # noqa: BLE001 - any bad config keeps the old one
+            log.error("%s; keeping the configuration in force", e)
+            self.notifier.reloaded()
+            return
+        old, self.settings = self.settings, new
+        later = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
+        self.pending.settle = new.settle_ms / 1000
+        if self.kernel_mode:
+            self._configure_kernel()
+        log.info("configuration reloaded%s", f"; {', '.join(later)}: in force from the next start" if later else "")
+        self.notifier.reloaded()
+
+    # -- reading the machine ------------------------------------------------
+
+    def status(self) -> str:
+        m = self.machine
+        online = sum(1 for b in m.blocks.values() if b.state != "offline")
+        usable = ""
+        try:
+            usable = f", {format_size(parse_meminfo(self.backend.read(B.MEMINFO))['MemTotal'])} usable"
+        except (OSError, ParseError, KeyError):
+            pass
+        return (f"{online} of {len(m.blocks)} blocks online{usable}; onlined {self.counts['onlined']}, "
+                f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
 
     def scan(self) -> None:
-        """Read everything and online the offline blocks that are ours to online:
-        all of them at the first start in a boot; after a restart or lost
-        events, those not handled before (an offline handled block was
-        offlined by an administrator)."""
+        """Read everything; the offline blocks that are ours to online become a
+        batch: all of them at the first start in a boot; after a restart or
+        lost events, those not handled before (an offline block handled
+        before, the same instance, was offlined by an administrator)."""
         self.machine, self.reader = read_machine(self.backend)
         self.layout_stale = False
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()
-        online = {i for i, b in self.machine.blocks.items() if b.state != "offline"}
-        offline = [i for i, b in self.machine.blocks.items() if b.state == "offline"]
-        left = sorted(i for i in offline if i in self.handled.blocks)
+        left, now = [], time.monotonic()
+        present = self.backend.block_indexes()
+        for index in present:
+            block = self.machine.blocks.get(index)
+            instance = self.backend.block_instance(index)
+            if block is not None and block.state != "offline":
+                self.handled.mark(index, instance)
+            elif block is not None and self.handled.same(index, instance):
+                left.append(index)
+            else:  # new, re-added at a reused index, or not readable yet (no node link)
+                self.handled.forget(index)
+                self.pending.add(index, now)
+        for index in set(self.handled.blocks) - set(present):
+            self.handled.forget(index)
         if left:
             log.info("leaving %d offline blocks alone that were online before (offlined by an administrator): %s",
                      len(left), _ranges(left))
-        self.handled.blocks = (self.handled.blocks & set(self.machine.blocks)) | online
-        self._online([i for i in offline if i not in self.handled.blocks])
-
-    def _online(self, indexes) -> None:
-        if self.kernel_mode:
-            self._online_by_kernel(indexes)
-            return
-        if not indexes:
-            self.handled.save()
-            return
-        planner = Planner(self.machine, self.settings)
-        for outcome in online_blocks(self.backend, planner, indexes, self.dry_run):
-            if outcome.zone is not None:
-                self.handled.blocks.add(outcome.decision.block)
-            if outcome.result == FAILED:
-                self.counts["failed"] += 1
-            elif outcome.result == ALREADY_ONLINE:
-                self.counts["conflicts"] += 1
-            else:
-                self.counts["onlined"] += 1
+        self.pending.deadline = now if self.pending else None
         self.handled.save()
-
-    def _online_by_kernel(self, indexes) -> None:
-        """Kernel mode: a plain `online` lets the kernel's own policy pick the zone."""
-        for index in sorted(indexes):
-            if self.dry_run:
-                log.info("memory%d: would write online (the kernel's policy picks the zone)", index)
-                continue
-            try:
-                self.backend.write_block_state(index, "online")
-            except OSError as e:
-                log.error("memory%d: online failed (%s); the block stays offline", index, e.strerror)
-                self.counts["failed"] += 1
-                continue
-            self.refresh(index)
-            block = self.machine.blocks.get(index)
-            log.info("memory%d: the kernel onlined it to %s", index, block.zone if block else "?")
-            self.counts["onlined"] += 1
-        self.handled.save()
-
-    def sd_notify(self, state: str) -> None:
-        if self.notify is not None:
-            self.notify(state)
-
-    def status(self) -> str:
-        m = self.machine
-        online = sum(1 for b in m.blocks.values() if b.state != "offline")
-        total = psutil.virtual_memory().total >> 20
-        return (f"{online} of {len(m.blocks)} blocks online, {total} MiB usable; onlined {self.counts['onlined']}, "
-                f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
-
-    # -- events -----------------------------------------------------------
-
-    def on_event(self, action: str, sys_name: str) -> None:
-        index = B.numbered(sys_name, "memory")
-        if index is None:
-            return
-        if action == "add":
-            self.pending.add(index)
-            if self.deadline is None:
-                self.first_add = time.monotonic()
-                self.deadline = self.first_add + self.settle
-        elif action in ("online", "offline", "change"):
-            if index in self.pending:
-                return  # the batch will read it
-            block = self.machine.blocks.get(index)
-            if block is not None and action != "change" and (block.state == "offline") == (action == "offline"):
-                return  # the model says so already: memonlined made this change itself
-            self.refresh(index)
-        elif action == "remove":
-            self.layout_stale = True  # a device may be going away, and another come in its place
-            block = self.machine.blocks.pop(index, None)
-            if block is not None:
-                self.machine.remove_online(block)
-            self.handled.blocks.discard(index)
-            self.pending.discard(index)
-        # other actions (bind, move, ...) say nothing about memory
 
     def refresh(self, index: int) -> None:
         """Re-read one block and move the model's accounting to what it says."""
@@ -220,10 +366,45 @@ class Daemon:
         self.machine.blocks[index] = block
         if block.state != "offline":
             self.machine.add_online(block, block.zone)
-            self.handled.blocks.add(index)
+            self.handled.mark(index, self.backend.block_instance(index))
+
+    # -- events -----------------------------------------------------------
+
+    def on_event(self, action: str, sys_name: str) -> None:
+        index = B.numbered(sys_name, "memory")
+        if index is None:
+            return
+        if action == "add":
+            if index not in self.pending and self.handled.same(index, self.backend.block_instance(index)):
+                # The block memonlined knows (a synthetic add from `udevadm
+                # trigger`, or a repeat): not new memory. Offline, it was
+                # offlined by an administrator.
+                self.refresh(index)
+                return
+            self.pending.add(index, time.monotonic())
+        elif action in ("online", "offline", "change"):
+            if index in self.pending:
+                return  # the batch will read it
+            block = self.machine.blocks.get(index)
+            if block is not None and action != "change" and (block.state == "offline") == (action == "offline"):
+                return  # the model says so already: memonlined made this change itself
+            self.refresh(index)
+        elif action == "remove":
+            self.layout_stale = True  # a device may be going away, and another come in its place
+            block = self.machine.blocks.pop(index, None)
+            if block is not None:
+                self.machine.remove_online(block)
+                group = block.group
+                if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
+                    # Its last block: a device of the same name later is another device.
+                    self.machine.drop_group(group.name)
+                    self.reader.forget_device(group.name)
+            self.handled.forget(index)
+            self.pending.discard(index)
+        # other actions (bind, move, ...) say nothing about memory
 
     def process_batch(self) -> None:
-        batch, self.pending, self.deadline = sorted(self.pending), set(), None
+        batch = self.pending.take()
         # New devices bring new iomem resources; more blocks of a virtio-mem or
         # dax device already known do not (a growing virtio-mem device adds a
         # few blocks at a time, and under TCG each re-read costs milliseconds).
@@ -236,112 +417,61 @@ class Daemon:
         # A block whose node link is not there yet (the add uevent comes
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks): read the batch again a little later.
-        waiting = [i for i in batch if (i not in self.machine.blocks and self.backend.exists(B.block_dir(i)))
-                   or (i in self.machine.blocks and self.machine.blocks[i].state == "offline"
-                       and self.reader.unlinked(self.machine.blocks[i]))]
-        now = time.monotonic()
-        if waiting and now - self.first_add < LINK_WAIT:
-            self.pending, self.deadline = set(batch), now + max(self.settle, 0.005)
+        blocks = self.machine.blocks
+        waiting = [i for i in batch if (i not in blocks and self.backend.exists(B.block_dir(i)))
+                   or (i in blocks and blocks[i].state == "offline" and self.reader.unlinked(blocks[i]))]
+        if waiting and self.pending.wait_again(batch, time.monotonic()):
             self.machine.warnings.clear()
             return
+        self.pending.done()
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()
         for index in batch:
-            block = self.machine.blocks.get(index)
+            block = blocks.get(index)
             if block is not None and block.state != "offline" and self.kernel_mode:
                 log.info("memory%d: onlined by the kernel to %s (%s)", index, block.zone, block.device)
             elif block is not None and block.state != "offline":
                 log.warning("memory%d: was already online in %s when memonlined got to it "
                             "(onlined by someone else)", index, block.zone)
                 self.counts["conflicts"] += 1
-        self._online([i for i in batch if i in self.machine.blocks and self.machine.blocks[i].state == "offline"])
-        if self.notify is not None:  # status() reads /proc/meminfo: not for nothing
-            self.sd_notify("STATUS=" + self.status())
+        self._online([i for i in batch if i in blocks and blocks[i].state == "offline"])
+        if self.ready:  # before READY=1, the start-up's own status follows
+            self.notifier.status(self.status())
 
-    # -- the loop -----------------------------------------------------------
-
-    def lock(self) -> bool:
-        """One daemon at a time: an flock on the state directory's lock file."""
-        if not self.handled.path:
-            return True
-        os.makedirs(os.path.dirname(self.handled.path), exist_ok=True)
-        self._lock_fd = os.open(os.path.join(os.path.dirname(self.handled.path), "lock"),
-                                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._lock_fd)
-            return False
-        return True
-
-    def run(self) -> int:
-        """Run until SIGTERM/SIGINT. Returns the exit code."""
-        if not self.lock():
-            log.error("another memonlined is running (%s/lock is locked)", os.path.dirname(self.handled.path))
-            return 1
-        rsock, wsock = socket.socketpair()
-        rsock.setblocking(False)
-        wsock.setblocking(False)
-        old_wakeup = signal.set_wakeup_fd(wsock.fileno())
-        handlers = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-        selector = selectors.DefaultSelector()
-        try:
-            self.monitor.start()  # before the scan, so no add between the two is lost
-            self.take_over_auto_online()
-            self.scan()
-            self.sd_notify("READY=1\nSTATUS=" + self.status())
-            log.info("ready: %s", self.status())
-            selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
-            selector.register(rsock, selectors.EVENT_READ, "signal")
-            next_watchdog = time.monotonic()
-            while True:
-                now = time.monotonic()
-                if self.watchdog is not None and now >= next_watchdog:
-                    self.sd_notify("WATCHDOG=1")
-                    next_watchdog = now + self.watchdog
-                timeouts = [t - now for t in (self.deadline, next_watchdog if self.watchdog else None) if t]
-                timeout = max(0.0, min(timeouts)) if timeouts else None
-                for key, _ in selector.select(timeout):
-                    if key.data == "signal":
-                        self._signals(rsock)
-                    else:
-                        self._drain()
-                if self.deadline is not None and time.monotonic() >= self.deadline:
-                    self.process_batch()
-        except Stop:
-            self.sd_notify("STOPPING=1")
-            log.info("stopping: %s", self.status())
-            self.restore_auto_online()
-            return 0
-        finally:
-            selector.close()
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            rsock.close()
-            wsock.close()
-            if self.handled.path:
-                os.close(self._lock_fd)
-
-    def _signals(self, rsock) -> None:
-        try:
-            data = rsock.recv(64)
-        except BlockingIOError:
-            return
-        for signum in data:
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                if self.pending:
-                    self.process_batch()  # finish what was started: nothing half-done
-                raise Stop()
-            if signum == signal.SIGHUP:
-                self.sd_notify("RELOADING=1")
-                try:
-                    self.settings = self.reload_settings()
-                    log.info("configuration reloaded")
-                except Exception as e:  # noqa: BLE001 - any bad config keeps the old one
-                    log.error("%s; keeping the configuration in force", e)
-                self.sd_notify("READY=1")
+    def _online(self, indexes) -> None:
+        if self.kernel_mode:
+            for index in sorted(indexes):
+                if not self._go_on(self.machine.blocks[index]):
+                    break
+                error = online_by_kernel(self.writer, index)
+                if error is not None:
+                    log.error("memory%d: online failed (%s); the block stays offline", index, error)
+                    self.counts["failed"] += 1
+                    continue
+                if not self.writer.dry_run:
+                    self.refresh(index)
+                block = self.machine.blocks.get(index)
+                log.info("memory%d: the kernel onlined it to %s", index, block.zone if block else "?")
+                self.counts["onlined"] += 1
+        elif indexes:
+            planner = Planner(self.machine, self.settings)
+            for outcome in online_blocks(self.writer, planner, indexes, self._go_on):
+                if outcome.zone is not None:
+                    self.handled.mark(outcome.decision.block, self.backend.block_instance(outcome.decision.block))
+                if outcome.result == FAILED:
+                    self.counts["failed"] += 1
+                elif outcome.result == ALREADY_ONLINE:
+                    self.counts["conflicts"] += 1
+                else:
+                    self.counts["onlined"] += 1
+        if self.stopping:
+            left = [i for i in indexes if self.machine.blocks.get(i) is not None
+                    and self.machine.blocks[i].state == "offline"]
+            if left:
+                log.warning("stopping before %d blocks were decided (%s): they stay offline until "
+                            "memonlined starts again", len(left), _ranges(left))
+        self.handled.save()
 
     def _drain(self) -> None:
         while True:
@@ -349,8 +479,8 @@ class Daemon:
                 device = self.monitor.poll(timeout=0)
             except OSError as e:
                 log.warning("uevents may have been lost (%s): rescanning every block", e)
-                self.pending.clear()
-                self.deadline = None
+                self.pending.take()
+                self.pending.done()
                 try:
                     self.scan()
                 except SystemDataError as err:
@@ -374,12 +504,3 @@ def _ranges(indexes) -> str:
     if start is not None:
         out.append(f"{start}-{prev}" if prev > start else str(start))
     return ",".join(out)
-
-
-def notifier() -> Optional[Callable[[str], None]]:
-    """sd_notify through systemd-python; None outside systemd."""
-    if not os.environ.get("NOTIFY_SOCKET"):
-        return None
-    from systemd import daemon as sd_daemon
-
-    return lambda state: sd_daemon.notify(state)

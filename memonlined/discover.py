@@ -142,6 +142,10 @@ class Reader:
         /proc/iomem has nothing new to say about it."""
         return _find(self.drivers, self._driver_starts, index * self.machine.block_size) is not None
 
+    def forget_device(self, name: str) -> None:
+        """Its last block is gone: the next device of that name is probed anew."""
+        self.probes.pop(name, None)
+
     def read_probes(self) -> None:
         self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log()])
 

@@ -85,6 +85,16 @@ class Machine:
         self._dynamic.clear()
         return group
 
+    def drop_group(self, name: str) -> None:
+        """A device went away with its last block: a device of the same name later is another one."""
+        self.groups.pop(name, None)
+        self._dynamic.clear()
+
+    def node(self, nid: Optional[int]) -> NodeStats:
+        """A node's counters; a node not seen yet (it came online with its first
+        memory, as CXL and far-memory nodes do) has none yet."""
+        return self.nodes.get(nid) or NodeStats()
+
     def dynamic_groups(self, node: Optional[int] = None) -> List[Group]:
         """The dynamic groups on NODE (None: all). Cached: asked for at every
         decision, while groups change only when devices come (add_group)."""

@@ -210,6 +210,20 @@ def parse_virtio_mem_probes(messages: List[str]) -> Dict[str, VirtioMemProbe]:
     return probes
 
 
+def parse_meminfo(text: str) -> Dict[str, int]:
+    """/proc/meminfo in bytes ("MemTotal:  4005072 kB"; counts without a unit as they are)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        words = rest.split()
+        if not sep or not words or not words[0].isdigit():
+            continue
+        out[key.strip()] = int(words[0]) * (1024 if words[1:2] == ["kB"] else 1)
+    if not out:
+        raise ParseError("expected lines such as 'MemTotal: 4005072 kB'")
+    return out
+
+
 def format_size(nbytes: int) -> str:
     """Sizes the way lsmem prints them: 128M, 2G, 1.5G."""
     for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):

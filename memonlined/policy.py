@@ -156,7 +156,7 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
     policy, source = zone_policy_for(settings, block)
     if source == "policy" and settings.kernel_floor_mib:
         floor = settings.kernel_floor_mib * (1 << 20) // 4096
-        have = machine.nodes[block.node].hotplugged_kernel
+        have = machine.node(block.node).hotplugged_kernel
         if have < floor:
             return decide(False, f"kernel floor: node {block.node} has {_mib(have)} of hot-plugged "
                                  f"kernel memory, below the floor of {_mib(floor)}")
@@ -173,7 +173,7 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
     checks = [can_online_movable(system_stats(machine), machine.dynamic_groups(), block.group,
                                  nr_pages, settings.ratio)]
     if checks[0].ok and settings.numa_aware:
-        checks.append(can_online_movable(machine.nodes[block.node], machine.dynamic_groups(block.node),
+        checks.append(can_online_movable(machine.node(block.node), machine.dynamic_groups(block.node),
                                          block.group, nr_pages, settings.ratio, block.node))
     failed = next((c for c in checks if not c.ok), None)
     if failed is None:
@@ -202,4 +202,4 @@ def movable_headroom(machine: Machine, settings: Settings, node: Optional[int] =
     total = room(system_stats(machine), machine.dynamic_groups(), None)
     if node is None or not settings.numa_aware:
         return total
-    return min(total, room(machine.nodes[node], machine.dynamic_groups(node), node))
+    return min(total, room(machine.node(node), machine.dynamic_groups(node), node))

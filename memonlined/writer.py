@@ -1,16 +1,17 @@
-"""Carrying out decisions: the only place that writes a block's state.
+"""Carrying out decisions: the only place that writes to the kernel (block
+state, the memory_hotplug parameters, auto_online_blocks).
 
 A batch is decided and written one block at a time in ascending order; the
 planner is told what really happened before it decides the next block, so a
 fallback or someone else's onlining is taken into account. Dry-run is the
-same path with the write replaced by a log line.
+same path with every write replaced by a log line: a Writer is made dry once.
 """
 
 import errno
 import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 from . import backend as B
 from .parse import MOVABLE, ParseError, parse_state, parse_valid_zones
@@ -26,6 +27,26 @@ ONLINED, FALLBACK, ALREADY_ONLINE, VANISHED, FAILED, DRY_RUN = (
 # A journal MESSAGE_ID for every decision, and one for conflicts with other onliners.
 DECISION_MESSAGE_ID = "3f0b6c2e8d4a4f5bb1c9e7a2d5f81c40"
 CONFLICT_MESSAGE_ID = "9a7d2e41c6b84d0f8e3a5b1c7f2d6e93"
+
+
+class Writer:
+    """Every write memonlined makes, through the backend; DRY_RUN: log them instead."""
+
+    def __init__(self, backend: B.Backend, dry_run: bool = False):
+        self.backend = backend
+        self.dry_run = dry_run
+
+    def block_state(self, index: int, value: str) -> None:
+        if self.dry_run:
+            log.info("memory%d: would write %s to state", index, value)
+            return
+        self.backend.write_block_state(index, value)
+
+    def setting(self, rel: str, value: str) -> None:
+        if self.dry_run:
+            log.info("would write %s to /%s", value, rel)
+            return
+        self.backend.write_setting(rel, value)
 
 
 @dataclass
@@ -58,13 +79,14 @@ def _reread(backend: B.Backend, index: int):
         return None
 
 
-def online_block(backend: B.Backend, decision: Decision, kernel_zone: str) -> "tuple[Optional[str], str]":
+def online_block(writer: Writer, decision: Decision, kernel_zone: str) -> "tuple[Optional[str], str]":
     """Write the decision. Returns (zone now, result)."""
     index = decision.block
+    backend = writer.backend
     attempts = ["online_movable", "online_kernel"] if decision.movable else ["online_kernel"]
     for attempt in attempts:
         try:
-            backend.write_block_state(index, attempt)
+            writer.block_state(index, attempt)
         except FileNotFoundError:
             return None, VANISHED
         except OSError as e:
@@ -94,24 +116,60 @@ def online_block(backend: B.Backend, decision: Decision, kernel_zone: str) -> "t
     return None, FAILED
 
 
-def online_blocks(backend: B.Backend, planner: Planner, indexes: List[int], dry_run: bool) -> List[Outcome]:
-    """Decide and online INDEXES (offline blocks) in ascending order."""
+def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
+                  go_on: Optional[Callable[[object], bool]] = None) -> List[Outcome]:
+    """Decide and online INDEXES (offline blocks) in ascending order. GO_ON is
+    asked before each block (the daemon pings its watchdog there, and says
+    False to stop early)."""
     machine = planner.machine
     outcomes = []
     for index in sorted(indexes):
         block = machine.blocks.get(index)
         if block is None or block.state != "offline":
             continue
+        if go_on is not None and not go_on(block):
+            break
         decision = planner.decide(index)
-        if dry_run:
+        if writer.dry_run:
             zone, result = decision.zone, DRY_RUN
             log.info("memory%d: would online to %s (%s): %s", index, zone, decision.device, decision.reason,
                      extra=_fields(decision, zone, result))
         else:
-            zone, result = online_block(backend, decision, block.kernel_zone)
+            zone, result = online_block(writer, decision, block.kernel_zone)
         if result == VANISHED:
             del machine.blocks[index]
             continue
         planner.commit(index, zone)
         outcomes.append(Outcome(decision, zone, result))
     return outcomes
+
+
+def online_by_kernel(writer: Writer, index: int) -> Optional[str]:
+    """Kernel mode: a plain `online` lets the kernel's own policy pick the zone.
+    Returns None, or why it failed."""
+    try:
+        writer.block_state(index, "online")
+    except OSError as e:
+        return errno.errorcode.get(e.errno) or str(e)
+    return None
+
+
+def configure_kernel(writer: Writer, settings, params: "dict[str, str]") -> None:
+    """Kernel mode: the cover letter's target usage, steps 2 and 3. PARAMS:
+    the memory_hotplug parameters the kernel has. auto_movable_numa_aware
+    exists only with CONFIG_NUMA, where it matters. Auto-onlining is turned
+    on last, once the policy is in place. Raises OSError, having changed
+    nothing that onlines memory."""
+    writes = [("auto_movable_ratio", str(settings.ratio)),
+              ("auto_movable_numa_aware", "Y" if settings.numa_aware else "N"),
+              ("online_policy", "auto-movable")]
+    for name, value in writes:
+        if name not in params:
+            if name == "auto_movable_numa_aware":
+                continue
+            raise OSError(errno.ENOENT, f"/{B.PARAMETERS}/{name} does not exist")
+        if params[name] != value:
+            writer.setting(f"{B.PARAMETERS}/{name}", value)
+            log.info("kernel mode: wrote %s to /%s/%s", value, B.PARAMETERS, name)
+    writer.setting(B.AUTO_ONLINE, "online")
+    log.info("kernel mode: wrote online to /%s", B.AUTO_ONLINE)

@@ -20,6 +20,7 @@ import errno
 import os
 import re
 import shutil
+import uuid
 import struct
 
 PAGE_SHIFT = 12
@@ -166,7 +167,7 @@ class MemoryBlock:
     """struct memory_block, plus what the sections under it record."""
 
     __slots__ = ("index", "nid", "group", "state", "zone", "early", "present",
-                 "device", "nr_vmemmap_pages", "online_type", "start_pfn")
+                 "device", "nr_vmemmap_pages", "online_type", "start_pfn", "ino")
 
     def __init__(self, index, nid, pages_per_block, group=None, early=False,
                  present=None, device=None, nr_vmemmap_pages=0):
@@ -179,6 +180,7 @@ class MemoryBlock:
         self.device = device
         self.nr_vmemmap_pages = nr_vmemmap_pages  # mem->altmap->free
         self.online_type = MMOP_OFFLINE
+        self.ino = None           # its sysfs directory's inode number (kernfs: never reused)
 
 
 class Device:
@@ -261,6 +263,7 @@ class FakeKernel:
         self._next_virtio = 5
         self._next_dax = 0
         self._next_acpi = 0
+        self._next_ino = 1000
         self._kmsg_seq = 0
         self._kmsg_usec = 0
         self._defer = 0
@@ -277,6 +280,7 @@ class FakeKernel:
         self.boot_ram = {nid: sorted(r) for nid, r in boot_ram.items()}
         self._mem = os.path.join(self.root, "sys/devices/system/memory")
         self._build_boot(cma or {}, reserved, nodes)
+        self.new_boot_id()
         for args in coldplug_dimms:
             args = dict(args) if isinstance(args, dict) else {"size": args}
             self.add_dimm(**args)
@@ -435,6 +439,12 @@ class FakeKernel:
         finally:
             os.close(fd)
 
+    def new_boot_id(self):
+        """/proc/sys/kernel/random/boot_id: a new one per boot (a reboot, for the tests)."""
+        d = os.path.join(self.root, "proc/sys/kernel/random")
+        os.makedirs(d, exist_ok=True)
+        self._write(d + "/boot_id", "%s\n" % uuid.uuid4())
+
     def _block_dir(self, index):
         return "%s/memory%d" % (self._mem, index)
 
@@ -444,6 +454,11 @@ class FakeKernel:
     def _create_block_files(self, mem):
         d = self._block_dir(mem.index)
         os.mkdir(d)
+        # kernfs numbers its nodes cyclically (idr_alloc_cyclic() in
+        # kernfs_new_node()): a directory made again gets a new inode number,
+        # where the file system under this tree may hand out the old one.
+        self._next_ino += 1
+        mem.ino = self._next_ino
         w = self._write
         w(d + "/state", mem.state + "\n")
         w(d + "/online", "1\n" if mem.state == "online" else "0\n")
@@ -1436,9 +1451,17 @@ class FakeKernel:
         os.makedirs(proc, exist_ok=True)
         if zoneinfo:
             self._write(proc + "/zoneinfo", self.zoneinfo_text())
+            self._write(proc + "/meminfo", self.meminfo_text())
             self._write_node_masks()
         if iomem:
             self._write(proc + "/iomem", self.iomem_text())
+
+    def meminfo_text(self):
+        """The head of /proc/meminfo: totalram_pages() is the sum of managed pages."""
+        managed = sum(z.managed_pages for n in self.nodes.values() for z in n.node_zones)
+        kb = managed * PAGE_SIZE // 1024
+        return "MemTotal:       %8d kB\nMemFree:        %8d kB\nMemAvailable:   %8d kB\n" % (
+            kb, kb * 9 // 10, kb * 9 // 10)
 
     def _write_node_masks(self):
         """sys/devices/system/node/{possible,online,has_memory,

@@ -7,6 +7,8 @@ import os
 import threading
 from types import SimpleNamespace
 
+from memonlined.notify import Systemd
+
 
 class FakeMonitor:
     def __init__(self, kernel):
@@ -58,3 +60,18 @@ class FakeMonitor:
     def close(self):
         os.close(self.rfd)
         os.close(self.wfd)
+
+
+class FakeSystemd(Systemd):
+    """The daemon's systemd notifier, keeping what it would have sent."""
+
+    def __init__(self, watchdog_period=None):
+        super().__init__({})
+        self.notes = []
+        self._period = watchdog_period
+
+    def notify(self, state):
+        self.notes.append(state)
+
+    def watchdog_period(self):
+        return self._period

@@ -30,6 +30,12 @@ class KernelBackend(Backend):
             self.oopses.append(rel)
         return super().read(rel)
 
+    def block_instance(self, index):
+        # The fake kernel's inode numbers: kernfs's never repeat, while the
+        # file system under the fake tree reuses a freed one at once.
+        mem = self.kernel.blocks.get(index)
+        return None if mem is None else mem.ino
+
     def write_block_state(self, index, value):
         self.writes.append((index, value))
         with self.lock:

@@ -9,7 +9,8 @@ import pytest
 from fakekernel import FakeKernel
 from kernelbackend import KernelBackend, memonlined
 from memonlined.backend import Backend
-from memonlined.cli import configure_kernel, resolve_mode
+from memonlined.config import resolve_mode
+from memonlined.writer import Writer, configure_kernel
 from memonlined.discover import discover
 from memonlined.policy import Settings
 
@@ -88,8 +89,9 @@ def test_resolve_mode(tmp_path, mode, settings, kernel_has_policy, expected):
 
 def test_kernel_mode_hands_the_decisions_to_the_kernel(tmp_path):
     kernel = FakeKernel(tmp_path, policy="contig-zones", ratio=301)
-    configure_kernel(KernelBackend(kernel), Settings(ratio=150, numa_aware=False))
     params = os.path.join(kernel.root, "sys/module/memory_hotplug/parameters")
+    configure_kernel(Writer(KernelBackend(kernel)), Settings(ratio=150, numa_aware=False),
+                     {n: open(os.path.join(params, n)).read().strip() for n in os.listdir(params)})
     assert [open(os.path.join(params, n)).read().strip()
             for n in ("online_policy", "auto_movable_ratio", "auto_movable_numa_aware")] == ["auto-movable", "150", "N"]
     kernel.add_dimm(4 * GiB)                   # 4 GiB fits 150% of 4 GiB: the kernel onlines it Movable itself

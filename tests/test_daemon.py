@@ -11,9 +11,10 @@ import time
 import pytest
 
 from fakekernel import FakeKernel
-from fakemonitor import FakeMonitor
+from fakemonitor import FakeMonitor, FakeSystemd
 from kernelbackend import KernelBackend, kernel_online_all
-from memonlined.daemon import Daemon, notifier
+from memonlined.daemon import Daemon
+from memonlined.notify import Systemd
 from memonlined.policy import Settings
 
 GiB = 1 << 30
@@ -31,14 +32,15 @@ def wait_for(condition, timeout=10.0):
 class Run:
     """A daemon on a fake kernel; `script` runs in a thread once it is ready."""
 
-    def __init__(self, kernel, state_dir, settings=None, reload=None, **kw):
+    def __init__(self, kernel, state_dir, settings=None, reload=None, watchdog=None, backend=None, **kw):
         self.kernel = kernel
-        self.backend = KernelBackend(kernel)
+        self.backend = backend or KernelBackend(kernel)
         self.monitor = FakeMonitor(kernel)
-        self.notes = []
-        self.daemon = Daemon(self.backend, settings or Settings(), self.monitor,
-                             reload=reload or (lambda: settings or Settings()),
-                             notify=self.notes.append, state_dir=str(state_dir), settle=0.01, **kw)
+        self.systemd = FakeSystemd(watchdog)
+        self.notes = self.systemd.notes
+        settings = settings or Settings(settle_ms=10)
+        self.daemon = Daemon(self.backend, settings, self.monitor, reload=reload or (lambda: settings),
+                             notifier=self.systemd, state_dir=None if state_dir is None else str(state_dir), **kw)
 
     def ready(self):
         return any("READY=1" in n for n in self.notes)
@@ -240,26 +242,27 @@ def test_takes_over_auto_online_and_puts_it_back(tmp_path):
 
 def test_watchdog_pings(tmp_path):
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    run = Run(kernel, tmp_path / "run", watchdog_usec=40000)
+    run = Run(kernel, tmp_path / "run", watchdog=0.02)
     run(lambda run: time.sleep(0.2))
     assert 3 <= run.notes.count("WATCHDOG=1") <= 12
 
 
-def test_notify_socket(tmp_path, monkeypatch):
-    pytest.importorskip("systemd.daemon")
+def test_notify_socket(tmp_path):
     path = str(tmp_path / "notify")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     server.bind(path)
-    monkeypatch.setenv("NOTIFY_SOCKET", path)
-    notify = notifier()
-    notify("READY=1\nSTATUS=ok")
+    systemd = Systemd({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "30000000", "WATCHDOG_PID": str(os.getpid())})
+    systemd.ready("ok")
     assert server.recv(4096) == b"READY=1\nSTATUS=ok"
+    assert systemd.watchdog_period() == 15.0
     server.close()
+    systemd.watchdog()  # the socket is gone (systemd stopping): no error
 
 
-def test_no_notify_socket_means_no_notifier(monkeypatch):
-    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    assert notifier() is None
+def test_outside_systemd_nothing_is_sent_and_no_watchdog():
+    systemd = Systemd({"WATCHDOG_USEC": "30000000", "WATCHDOG_PID": "1"})  # another process's watchdog
+    assert systemd.address is None and systemd.watchdog_period() is None
+    systemd.ready("ok")
 
 
 def test_a_second_instance_is_refused(tmp_path, caplog):
@@ -290,8 +293,7 @@ class FileBackend(KernelBackend):
 def test_a_burst_of_8192_adds_is_handled_completely_in_bounded_memory(tmp_path):
     import tracemalloc
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones", boot_ram=((0, 2 * GiB), (4 * GiB, 30 * GiB)))
-    run = Run(kernel, tmp_path / "run")
-    run.daemon.backend = run.backend = FileBackend(kernel)
+    run = Run(kernel, tmp_path / "run", backend=FileBackend(kernel))
 
     def script(run):
         with kernel.batch():
@@ -349,7 +351,7 @@ def test_a_dry_run_leaves_nothing_behind_for_the_next_run(tmp_path):
     kernel.add_dimm(GiB)
     state = tmp_path / "run"
     Run(kernel, state, dry_run=True)(lambda run: None)
-    assert set(kernel.layout().values()) >= {None} and not (state / "handled").exists()
+    assert set(kernel.layout().values()) >= {None} and not (state / "handled.json").exists()
     Run(kernel, state)(lambda run: None)          # the real run onlines what the dry run only predicted
     assert None not in kernel.layout().values()
 

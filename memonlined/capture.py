@@ -1,0 +1,136 @@
+"""memonlined capture: record what memonlined reads into a tree that
+`--root` reads back (bug reports, the tests' recorded guests).
+
+OUT must be new or an empty directory of the caller's: every file and
+directory is created afresh (O_EXCL, no symlink followed), so nothing
+planted in OUT can turn a capture by root into a write elsewhere.
+"""
+
+import os
+import stat
+from typing import Iterator
+
+from . import backend as B
+from .backend import numbered
+from .conflicts import DAXCTL_CONF_DIR, RULES_DIRS
+
+
+class CaptureError(Exception):
+    """OUT cannot be used (one line, naming it)."""
+
+
+def capture_paths(backend: B.Backend) -> Iterator[str]:
+    """Every file and link memonlined reads, as relative paths."""
+    yield f"{B.MEMORY}/block_size_bytes"
+    yield B.AUTO_ONLINE
+    for index in backend.block_indexes():
+        d = B.block_dir(index)
+        names = backend.listdir(d)
+        links = [name for name in names if numbered(name, "node") is not None]
+        for name in names:
+            if name == "valid_zones" and not links:
+                continue  # reading it before the node is set oopses the kernel (discover.read_block_files)
+            if name in B.BLOCK_FILES or name == "firmware_node" or name in links:
+                yield f"{d}/{name}"
+    for name in backend.listdir(B.NODE):
+        if numbered(name, "node") is not None:
+            for entry in backend.listdir(f"{B.NODE}/{name}"):
+                if numbered(entry, "memory") is not None:
+                    yield f"{B.NODE}/{name}/{entry}"
+    for name in backend.listdir(B.ACPI_DEVICES):
+        if name.startswith("PNP0C80:"):
+            yield f"{B.ACPI_DEVICES}/{name}"
+    for name in backend.listdir(B.PARAMETERS):
+        yield f"{B.PARAMETERS}/{name}"
+    yield B.BOOT_PARAMS
+    for entry in backend.listdir(B.FIRMWARE_MEMMAP):
+        for name in ("start", "end", "type"):
+            yield f"{B.FIRMWARE_MEMMAP}/{entry}/{name}"
+    # What doctor reads: the udev rules in effect and daxctl's configuration.
+    for d in RULES_DIRS:
+        for name in sorted(backend.listdir(d)):
+            if name.endswith(".rules"):
+                yield f"{d}/{name}"
+    for name in sorted(backend.listdir(DAXCTL_CONF_DIR)):
+        yield f"{DAXCTL_CONF_DIR}/{name}"
+    yield B.ZONEINFO
+    yield B.IOMEM
+    yield B.MEMINFO
+    yield B.OSRELEASE
+    yield B.BOOT_ID
+
+
+def _prepare(out: str) -> int:
+    """A descriptor of OUT, created here or an empty directory of ours."""
+    try:
+        os.mkdir(out, 0o755)
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise CaptureError(f"{out}: cannot create: {e.strerror}") from None
+    try:
+        fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise CaptureError(f"{out}: not a directory to capture into: {e.strerror}") from None
+    st = os.fstat(fd)
+    if os.listdir(fd) or st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        os.close(fd)
+        raise CaptureError(f"{out}: expected a new or empty directory, owned by this user and "
+                           "writable by nobody else")
+    return fd
+
+
+def _make_dirs(top: int, rel_dir: str, made: dict) -> int:
+    """The descriptor of REL_DIR under TOP, creating each directory (never following a link)."""
+    if rel_dir in made:
+        return made[rel_dir]
+    parent, _, name = rel_dir.rpartition("/")
+    pfd = _make_dirs(top, parent, made) if parent else top
+    try:
+        os.mkdir(name, 0o755, dir_fd=pfd)
+    except FileExistsError:
+        pass  # made by this capture: every directory here is ours
+    made[rel_dir] = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+    return made[rel_dir]
+
+
+def capture(backend: B.Backend, out: str) -> int:
+    """Record what memonlined reads into OUT at the same relative paths.
+
+    Links are kept as the relative links they are; the kernel log is kept as
+    a plain file holding only the virtio_mem records. Returns the file count.
+    Raises CaptureError for an unusable OUT, OSError for a failed write.
+    """
+    top = _prepare(out)
+    made: dict = {}
+    count = 0
+
+    def create(rel: str, data: bytes) -> None:
+        parent, _, name = rel.rpartition("/")
+        dfd = _make_dirs(top, parent, made)
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    try:
+        for rel in capture_paths(backend):
+            src = backend.path(rel)
+            if not os.path.lexists(src):
+                continue
+            if os.path.islink(src):
+                parent, _, name = rel.rpartition("/")
+                os.symlink(os.readlink(src), name, dir_fd=_make_dirs(top, parent, made))
+            else:
+                try:
+                    data = backend.read_bytes(rel)
+                except OSError:
+                    continue  # unreadable (e.g. a write-only parameter): not needed
+                create(rel, data)
+            count += 1
+        records = [r for r in backend.kernel_log() if "virtio_mem" in r]
+        create(B.KMSG, "".join(r + "\n" for r in records).encode())
+    finally:
+        for fd in made.values():
+            os.close(fd)
+        os.close(top)
+    return count + 1
