@@ -7,7 +7,7 @@ tests' fake kernel). Paths given to it are relative ("sys/...", "proc/...").
 
 import errno
 import os
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, List, Optional
 
 MEMORY = "sys/devices/system/memory"
 NODE = "sys/devices/system/node"

@@ -362,6 +362,8 @@ class Daemon:
             self.machine.remove_online(old)
         block = self.reader.read_block(index)
         if block is None:
+            if old is not None:
+                self._gone(old)
             return
         self.machine.blocks[index] = block
         if block.state != "offline":
@@ -394,14 +396,18 @@ class Daemon:
             block = self.machine.blocks.pop(index, None)
             if block is not None:
                 self.machine.remove_online(block)
-                group = block.group
-                if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
-                    # Its last block: a device of the same name later is another device.
-                    self.machine.drop_group(group.name)
-                    self.reader.forget_device(group.name)
+                self._gone(block)
             self.handled.forget(index)
             self.pending.discard(index)
         # other actions (bind, move, ...) say nothing about memory
+
+    def _gone(self, block) -> None:
+        """BLOCK is no more; when it was its device's last, a device of the
+        same name later (virtioN and PNP0C80:XX names are reused) is another."""
+        group = block.group
+        if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
+            self.machine.drop_group(group.name)
+            self.reader.forget_device(group.name)
 
     def process_batch(self) -> None:
         batch = self.pending.take()

@@ -1,0 +1,338 @@
+"""The daemon through a VM's whole life (the lifecycle issue's defects, each
+shown by ../shared/repro/ before its fix): crashes and restarts, blocks
+re-added at a reused index, synthetic add uevents, nodes that come online
+later, replaced devices, rescans, reloads in kernel mode, long batches."""
+
+import json
+import os
+import signal
+import time
+
+from daemonrun import Run, wait_for
+from fakekernel import FakeKernel
+from kernelbackend import KernelBackend, kernel_online_all
+from memonlined.discover import SystemDataError
+from memonlined.policy import Settings
+
+GiB = 1 << 30
+AUTO_ONLINE = "sys/devices/system/memory/auto_online_blocks"
+
+
+def read(kernel, rel):
+    with open(os.path.join(kernel.root, rel)) as f:
+        return f.read().strip()
+
+
+# -- defect 1: the take-over of auto_online_blocks -----------------------------
+
+def test_a_failed_start_puts_auto_online_blocks_back(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+    with open(kernel.root + "/proc/zoneinfo", "w") as f:
+        f.write("garbage\n")
+    rc = Run(kernel, tmp_path / "run")(lambda run: None)
+    assert isinstance(rc, SystemDataError)
+    assert read(kernel, AUTO_ONLINE) == "online"
+    assert not (tmp_path / "run/auto_online_blocks.json").exists()
+
+
+def test_a_crash_in_the_loop_puts_auto_online_blocks_back(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+    run = Run(kernel, tmp_path / "run")
+
+    def crash(index):
+        raise RuntimeError("a bug")
+
+    def script(run):
+        assert read(kernel, AUTO_ONLINE) == "offline"
+        run.daemon.refresh = crash
+        run.locked("write_state", 5, "offline")   # an event the daemon reads: the bug strikes
+
+    rc = run(script, stop=False)
+    assert isinstance(rc, RuntimeError)
+    assert read(kernel, AUTO_ONLINE) == "online"
+
+
+def test_after_a_sigkill_the_next_daemon_puts_the_original_value_back(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+    state = tmp_path / "run"
+    # What a SIGKILLed daemon leaves: the setting taken over, its record, no restore.
+    Run(kernel, state)(lambda run: None)
+    kernel.set_param("auto_online_blocks", "offline")
+    with open(state / "auto_online_blocks.json", "w") as f:
+        json.dump({"boot_id": read(kernel, "proc/sys/kernel/random/boot_id"), "original": "online"}, f)
+    kernel.add_dimm(GiB)                                  # while no daemon ran
+    Run(kernel, state)(lambda run: None)
+    assert read(kernel, AUTO_ONLINE) == "online"
+    assert {kernel.layout()[i] for i in range(48, 56)} == {"Movable"}  # onlined by memonlined, not the kernel
+
+
+def test_a_record_of_another_boot_is_not_put_back(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")        # this boot: offline
+    state = tmp_path / "run"
+    os.makedirs(state)
+    with open(state / "auto_online_blocks.json", "w") as f:
+        json.dump({"boot_id": "an-earlier-boot", "original": "online"}, f)
+    Run(kernel, state)(lambda run: None)
+    assert read(kernel, AUTO_ONLINE) == "offline"
+
+
+def test_an_administrators_change_while_memonlined_runs_is_kept(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+
+    def script(run):
+        kernel.set_param("auto_online_blocks", "online_movable")   # the administrator
+    Run(kernel, tmp_path / "run")(script)
+    assert read(kernel, AUTO_ONLINE) == "online_movable"
+
+
+def test_a_refused_take_over_is_one_error_and_the_daemon_runs_on(tmp_path, caplog):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+
+    class Refusing(KernelBackend):
+        def write_setting(self, rel, value):
+            raise PermissionError(1, "Operation not permitted")
+
+    run = Run(kernel, tmp_path / "run", backend=Refusing(kernel))
+    assert run(lambda run: None) == 0
+    assert "cannot set /sys/devices/system/memory/auto_online_blocks to offline (Operation not permitted)" \
+        in caplog.text
+    assert not (tmp_path / "run/auto_online_blocks.json").exists()
+
+
+def test_watchdog_abort_puts_auto_online_blocks_back(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+    rc = Run(kernel, tmp_path / "run")(lambda run: os.kill(os.getpid(), signal.SIGABRT), stop=False)
+    assert rc == 1
+    assert read(kernel, AUTO_ONLINE) == "online"
+
+
+# -- defects 2, 3, 15: which block is which -----------------------------------
+
+def test_blocks_re_added_at_a_reused_index_while_the_daemon_was_down_are_onlined(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    vm = kernel.add_virtio_mem(8 * GiB)
+    state = tmp_path / "run"
+
+    def grow(run):
+        blocks = run.locked("virtio_mem_plug", vm, GiB)
+        wait_for(lambda: all(kernel.layout()[i] is not None for i in blocks))
+
+    Run(kernel, state)(grow)
+    kernel.virtio_mem_unplug_block(vm, 55)
+    kernel.virtio_mem_unplug_block(vm, 54)
+    kernel.write_state(53, "offline")                  # and one the administrator offlined
+    readded = kernel.virtio_mem_plug(vm, 256 << 20)
+    assert readded == [54, 55]
+    Run(kernel, state)(lambda run: None)
+    assert kernel.layout()[54] is not None and kernel.layout()[55] is not None
+    assert kernel.layout()[53] is None
+
+
+def test_a_block_re_added_after_lost_events_is_onlined_by_the_rescan(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    vm = kernel.add_virtio_mem(8 * GiB)
+
+    def script(run):
+        blocks = run.locked("virtio_mem_plug", vm, GiB)
+        wait_for(lambda: all(kernel.layout()[i] is not None for i in blocks))
+        with run.backend.lock:
+            kernel.virtio_mem_unplug_block(vm, 55)
+            kernel.virtio_mem_plug(vm, 128 << 20)
+        run.monitor.relay(drop=True)                   # ENOBUFS: remove and add lost
+        wait_for(lambda: kernel.layout()[55] is not None)
+
+    Run(kernel, tmp_path / "run")(script)
+
+
+def test_synthetic_adds_change_nothing_and_report_no_conflict(tmp_path, caplog):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+
+    def script(run):
+        run.locked("add_dimm", GiB)
+        wait_for(lambda: None not in kernel.layout().values())
+        run.locked("write_state", 55, "offline")       # the administrator
+        time.sleep(0.05)
+        for i in sorted(kernel.blocks):                # udevadm trigger --action=add
+            run.monitor.send("add", "memory%d" % i)
+        time.sleep(0.3)
+
+    run = Run(kernel, tmp_path / "run")
+    run(script)
+    assert kernel.layout()[55] is None
+    assert "onlined by someone else" not in caplog.text
+    assert "onlined by others 0" in [n for n in run.notes if n.startswith("STATUS")][-1]
+
+
+def test_a_state_file_of_an_earlier_boot_is_ignored(tmp_path):
+    state = tmp_path / "state"
+    os.makedirs(state)
+    with open(state / "handled.json", "w") as f:   # the last boot onlined 48-55
+        json.dump({"boot_id": "an-earlier-boot", "blocks": {str(i): None for i in range(56)}}, f)
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", coldplug_dimms=[GiB])
+    Run(kernel, state)(lambda run: None)
+    assert {kernel.layout()[i] for i in range(48, 56)} == {"Movable"}
+
+
+def test_the_record_of_memonlined_0_1_is_taken_over_on_an_upgrade(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", coldplug_dimms=[GiB])
+    kernel_online_all(kernel)
+    kernel.write_state(50, "offline")                  # the administrator, under 0.1
+    state = tmp_path / "run"
+    os.makedirs(state)
+    with open(state / "handled", "w") as f:
+        f.write("\n".join(str(i) for i in sorted(kernel.blocks)) + "\n")
+    Run(kernel, state)(lambda run: None)
+    assert kernel.layout()[50] is None
+    assert not (state / "handled").exists() and (state / "handled.json").exists()
+
+
+# -- defect 4: a node that comes online later ---------------------------------
+
+def test_memory_on_a_node_that_was_not_online_at_start(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+
+    def script(run):
+        run.locked("add_dimm", GiB, node=1)            # node 1 comes online with it
+        wait_for(lambda: None not in kernel.layout().values())
+
+    assert Run(kernel, tmp_path / "run")(script) == 0
+    twin.add_dimm(GiB, node=1)
+    assert kernel.layout() == kernel_online_all(twin)
+
+
+# -- defect 5: a replaced virtio-mem device with the same name ---------------
+
+def test_a_virtio_mem_device_replaced_under_the_same_name(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+
+    def history(k, step):
+        old = step("add_virtio_mem", 32 * GiB)
+        start = k.devices[old].start
+        step("virtio_mem_plug", old, 256 << 20)
+        step("remove_virtio_mem", old)
+        new = step("add_virtio_mem", 32 * GiB, start=start, bbm=True, device_block_size=GiB, name=old)
+        return step("virtio_mem_plug", new, 16 * GiB)
+
+    def script(run):
+        def step(fn, *args, **kw):
+            out = run.locked(fn, *args, **kw)
+            if fn == "virtio_mem_plug":
+                wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
+            return out
+        history(kernel, step)
+
+    def twin_step(fn, *args, **kw):
+        out = getattr(twin, fn)(*args, **kw)
+        kernel_online_all(twin)
+        return out
+
+    history(twin, twin_step)
+    Run(kernel, tmp_path / "run")(script)
+    assert kernel.layout() == twin.layout()
+
+
+# -- defect 6: the rescan and the start-up wait for links too ----------------
+
+def test_the_rescan_decides_a_dimm_whole_although_its_links_come_late(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    for k in (kernel, twin):
+        k.add_dimm(10 * GiB)
+    twin.add_dimm(4 * GiB)
+    kernel_online_all(twin)
+
+    def script(run):
+        with run.backend.lock:
+            name = kernel.add_dimm(4 * GiB, link_firmware_node=False)
+        run.monitor.relay(drop=True)                   # ENOBUFS: the 32 adds were lost
+        time.sleep(0.2)
+        run.locked("link_firmware_nodes", name)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)
+    assert kernel.layout() == twin.layout()
+
+
+def test_the_rescan_reads_a_block_again_once_its_node_link_is_there(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+
+    def script(run):
+        link = tmp_path / "k/sys/devices/system/memory/memory50/node0"
+        with run.backend.lock:
+            kernel.add_dimm(GiB)
+            os.unlink(link)
+        run.monitor.relay(drop=True)
+        time.sleep(0.2)
+        os.symlink("../../node/node0", link)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)
+
+
+# -- defect 8: kernel mode follows a reload ----------------------------------
+
+def test_kernel_mode_writes_a_reloaded_ratio_to_the_kernel(tmp_path, caplog):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    new = Settings(mode="kernel", ratio=0, settle_ms=5, event_source="udev")
+    run = Run(kernel, tmp_path / "run", settings=Settings(mode="kernel"), reload=lambda: new, kernel_mode=True)
+
+    def script(run):
+        assert kernel.online_policy == "auto-movable" and read(kernel, AUTO_ONLINE) == "online"
+        os.kill(os.getpid(), signal.SIGHUP)
+        wait_for(lambda: run.daemon.settings is new)
+        run.locked("add_dimm", GiB)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    with caplog.at_level("INFO", logger="memonlined"):
+        run(script)
+    assert kernel.auto_movable_ratio == 0
+    assert {kernel.layout()[i] for i in range(48, 56)} == {"Normal"}
+    assert "event_source: in force from the next start" in caplog.text
+
+
+# -- defect 10: the watchdog in a long batch, and a bounded stop -------------
+
+class SlowBackend(KernelBackend):
+    def write_block_state(self, index, value):
+        time.sleep(0.005)
+        super().write_block_state(index, value)
+
+
+def test_the_watchdog_is_pinged_during_a_long_batch(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    run = Run(kernel, tmp_path / "run", backend=SlowBackend(kernel), watchdog=0.05)
+    stamps = []
+    notify = run.systemd.notify
+    run.systemd.notify = lambda s: (stamps.append(time.monotonic()) if s == "WATCHDOG=1" else None, notify(s))
+
+    def script(run):
+        run.locked("add_dimm", 8 * GiB)                # 64 writes of 5 ms and more
+        wait_for(lambda: None not in kernel.layout().values(), 30)
+
+    run(script)
+    assert max(b - a for a, b in zip(stamps, stamps[1:])) < 0.1
+
+
+def test_a_stop_in_a_long_batch_ends_it_after_the_device_in_hand(tmp_path, caplog):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    vm = kernel.add_virtio_mem(16 * GiB, start=64 * GiB)       # above the DIMM
+    run = Run(kernel, tmp_path / "run", backend=SlowBackend(kernel))
+
+    def script(run):
+        with run.backend.lock:
+            run.dimm = kernel.add_dimm(2 * GiB, start=6 * GiB)  # 48-63, one device
+            kernel.virtio_mem_plug(vm, 8 * GiB)        # 64 blocks of another
+        run.monitor.relay()
+        wait_for(lambda: run.backend.writes)           # the batch has begun: SIGTERM follows
+
+    assert run(script) == 0
+    layout = kernel.layout()
+    dimm = kernel.devices[run.dimm].blocks
+    assert min(dimm) < min(kernel.devices[vm].blocks)
+    assert {layout[i] for i in dimm} == {"Movable"}                  # the DIMM whole
+    assert None in {layout[i] for i in kernel.devices[vm].blocks}    # the rest waits for the next start
+    assert "they stay offline until memonlined starts again" in caplog.text
+    Run(kernel, tmp_path / "run")(lambda run: None)
+    assert None not in kernel.layout().values()
