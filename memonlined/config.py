@@ -122,8 +122,10 @@ def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Settings
 
 def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) -> None:
     # ":" appears in device names (PNP0C80:00), so only "=" separates; keep case.
+    # "value  # why" is a comment after the value (no value holds a "#").
     parser = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#", ";"),
-                                       inline_comment_prefixes=None, interpolation=None)
+                                       inline_comment_prefixes=("#", ";"), interpolation=None,
+                                       default_section="\0none")
     parser.optionxform = str
     try:
         with open(path, encoding="utf-8") as f:
@@ -135,6 +137,7 @@ def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) 
         raise ConfigError(f"{path}: not UTF-8 text") from None
     except configparser.Error as e:
         raise ConfigError(f"{path}: {' '.join(str(e).split())}") from None
+    # default_section is no name: a [DEFAULT] section is an unknown section below.
     if stat.S_ISREG(mode) and mode & stat.S_IWOTH:
         log.warning("%s: writable by every user; anyone could change how memory is onlined", path)
     for section in parser.sections():

@@ -76,3 +76,17 @@ def test_world_writable_file_warns(tmp_path, caplog):
     os.chmod(path, 0o666)
     config.load(path, {})
     assert "writable by every user" in caplog.text
+
+
+def test_the_readmes_example_with_comments_after_values_loads(tmp_path):
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md")).read()
+    example = readme.split("## Configuration", 1)[1].split("```\n", 2)[1]
+    assert "# or movable, kernel" in example
+    settings = config.load(write(tmp_path, example), {})
+    assert settings.ratio == 301 and settings.policy == "auto-movable" and settings.kernel_floor_mib == 0
+    assert settings.overrides == {"dax": "movable", "PNP0C80:00": "kernel"}
+
+
+def test_a_default_section_is_an_error_not_ignored(tmp_path):
+    with pytest.raises(config.ConfigError, match=r"invalid section \[DEFAULT\]: expected \[daemon\]"):
+        config.load(write(tmp_path, "[DEFAULT]\nratio = 0\n"), {})

@@ -203,3 +203,102 @@ def test_a_short_write_is_a_failed_write(kernel, monkeypatch, caplog):
     assert rc == 0
     assert "memory50: online_movable failed (EIO); falling back to online_kernel" in caplog.text
     assert kernel.layout()[50] == "Normal"
+
+
+# -- the lifecycle issue's defects 13 and 14: one line, the documented exit code, no write elsewhere
+
+def _daemon(kernel, state_dir, *options, backend=None):
+    """`memonlined run` in-process (the composition root with the fake
+    monitor and systemd), stopped by SIGTERM once ready."""
+    import signal
+    import threading
+    import time
+    from fakemonitor import FakeMonitor, FakeSystemd
+    systemd = FakeSystemd()
+    done = []
+
+    def stop():
+        end = time.monotonic() + 10
+        while not done and not any(n.startswith("READY=1") for n in systemd.notes) and time.monotonic() < end:
+            time.sleep(0.01)
+        if not done:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=stop)
+    thread.start()
+    try:
+        rc = main(["--config", os.devnull, "--root", kernel.root, *options, "run", "--state-dir", str(state_dir)],
+                  backend=backend or KernelBackend(kernel), monitor=FakeMonitor(kernel), notifier=systemd)
+    finally:
+        done.append(True)
+    thread.join()
+    return rc, systemd
+
+
+def test_run_in_process_onlines_boot_offline_memory_and_stops_cleanly(kernel, tmp_path):
+    rc, systemd = _daemon(kernel, tmp_path / "run")
+    assert rc == 0 and layout(kernel) == ["Movable"] * 8
+    assert systemd.notes[0].startswith("READY=1\nSTATUS=40 of 40 blocks online") and systemd.notes[-1] == "STOPPING=1"
+
+
+def test_a_state_directory_that_is_a_file_is_one_line_and_exit_4(kernel, tmp_path, caplog):
+    (tmp_path / "state").write_text("")
+    rc, _ = _daemon(kernel, tmp_path / "state")
+    assert rc == 4
+    assert f"{tmp_path}/state: cannot use as the state directory: File exists" in caplog.text
+    assert layout(kernel) == [None] * 8
+
+
+def test_saving_the_handled_blocks_failing_is_one_error_and_memory_is_still_onlined(kernel, tmp_path, caplog):
+    os.makedirs(tmp_path / "run/handled.json.tmp")      # as ENOSPC would: every save fails
+    rc, _ = _daemon(kernel, tmp_path / "run")
+    assert rc == 0 and layout(kernel) == ["Movable"] * 8
+    assert caplog.text.count("handled.json: cannot save") == 1
+
+
+def test_kernel_mode_without_numa_awareness_in_the_kernel(kernel, tmp_path, caplog):
+    """CONFIG_NUMA=n: no auto_movable_numa_aware; kernel mode configures the rest."""
+    os.unlink(os.path.join(kernel.root, "sys/module/memory_hotplug/parameters/auto_movable_numa_aware"))
+    rc, _ = _daemon(kernel, tmp_path / "run", "--mode", "kernel")
+    assert rc == 0 and "Traceback" not in caplog.text
+    assert kernel.online_policy == "auto-movable" and kernel.mhp_default_online_type != 0
+    assert layout(kernel) == ["Movable"] * 8             # the leftovers, onlined for the kernel to place
+
+
+def test_kernel_mode_refused_by_the_kernel_falls_back_to_memonlined_deciding(kernel, tmp_path, caplog):
+    class Refusing(KernelBackend):
+        def write_setting(self, rel, value):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    rc, _ = _daemon(kernel, tmp_path / "run", "--mode", "kernel", backend=Refusing(kernel))
+    assert rc == 0
+    assert "kernel mode: cannot configure the kernel's policy (Operation not permitted); memonlined decides" \
+        in caplog.text
+    assert layout(kernel) == ["Movable"] * 8
+
+
+def test_capture_into_a_file_or_a_tree_with_planted_links_is_refused(kernel, tmp_path, caplog):
+    target = tmp_path / "precious"
+    target.write_text("keep me\n")
+    planted = tmp_path / "out"
+    os.makedirs(planted / "proc")
+    os.symlink(target, planted / "proc/zoneinfo")        # the next capture would write through it
+    assert memonlined(kernel, "capture", str(planted))[0] == 2
+    assert "expected a new or empty directory" in caplog.text
+    assert memonlined(kernel, "capture", str(target))[0] == 2
+    assert target.read_text() == "keep me\n"
+
+
+def test_writes_under_root_never_follow_a_symlinked_directory(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    kernel.add_dimm(GiB)
+    elsewhere = tmp_path / "elsewhere"
+    os.makedirs(elsewhere / "memory48")
+    (elsewhere / "memory48/state").write_text("offline\n")
+    os.rename(tmp_path / "k/sys/devices/system/memory", tmp_path / "k/sys/devices/system/memory.real")
+    os.symlink(tmp_path / "elsewhere", tmp_path / "k/sys/devices/system/memory")
+    from memonlined.backend import Backend
+    with pytest.raises(OSError) as e:
+        Backend(kernel.root).write_block_state(48, "online_movable")
+    assert e.value.errno in (errno.ELOOP, errno.ENOTDIR)
+    assert (elsewhere / "memory48/state").read_text() == "offline\n"
