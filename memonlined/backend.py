@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 MEMORY = "sys/devices/system/memory"
 NODE = "sys/devices/system/node"
 ACPI_DEVICES = "sys/bus/acpi/devices"
+VIRTIO_DEVICES = "sys/bus/virtio/devices"
 PARAMETERS = "sys/module/memory_hotplug/parameters"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
 FIRMWARE_MEMMAP = "sys/firmware/memmap"
@@ -145,6 +146,21 @@ class Backend:
 
     def block_instance(self, index: int) -> Optional[int]:
         return self.instance(block_dir(index))
+
+    def page_size(self, zoneinfo=()) -> int:
+        """The kernel's page size: this system's; for a recorded tree, MemTotal
+        over the managed pages of ZONEINFO (both are totalram_pages()), else 4 KiB."""
+        if self.root == "/":
+            return os.sysconf("SC_PAGE_SIZE")
+        managed = sum(z.managed for z in zoneinfo)
+        try:
+            for line in self.read(MEMINFO).splitlines():
+                if line.startswith("MemTotal:") and managed:
+                    size = int(line.split()[1]) * 1024 // managed
+                    return next(p for p in (4096, 16384, 65536) if abs(size - p) * 8 < p)
+        except (OSError, ValueError, IndexError, StopIteration):
+            pass
+        return 4096
 
     def boot_id(self) -> Optional[str]:
         try:

@@ -203,7 +203,7 @@ def memory_now(backend: B.Backend) -> dict:
 def cmd_status(backend: B.Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
     _auto_online_note(machine)
     # The node summary is of the machine as it is, before the planner's what-if.
-    mib = lambda pages: pages * 4096 >> 20  # noqa: E731
+    mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
     nodes = [{"node": nid, "early_kernel_mib": mib(n.kernel_early), "movable_mib": mib(n.movable),
               "hotplugged_kernel_mib": mib(n.hotplugged_kernel), "ratio": settings.ratio,
               "numa_aware": settings.numa_aware,
@@ -314,10 +314,10 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
           f"{sum(b.state == 'offline' for b in machine.blocks.values())} offline")
     for name, group in sorted(machine.groups.items()):
         blocks = [b.index for b in machine.blocks.values() if b.group is group]
-        size = (f"unit {format_size(group.unit_pages * 4096)}" if group.dynamic
-                else f"size {format_size(group.max_pages * 4096)}")
+        size = (f"unit {format_size(group.unit_pages * machine.page_size)}" if group.dynamic
+                else f"size {format_size(group.max_pages * machine.page_size)}")
         print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
-              f"kernel {format_size(group.kernel_pages * 4096)}, movable {format_size(group.movable_pages * 4096)}")
+              f"kernel {format_size(group.kernel_pages * machine.page_size)}, movable {format_size(group.movable_pages * machine.page_size)}")
     conflicts = find_conflicts(backend)
     for conflict in conflicts:
         print("conflict: " + conflict.advice())

@@ -7,6 +7,7 @@ are decided as one batch (Pending); the take-over of auto_online_blocks
 (TakeOver) and what a restart must know (state.py) outlive any one process.
 """
 
+import copy
 import logging
 import selectors
 import signal
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 LINK_WAIT = 2.0
 AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
 # [daemon] keys a reload cannot apply to a running daemon.
+DEVICES = "devices.json"
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
 
@@ -178,6 +180,8 @@ class Daemon:
         # would-be onlined blocks for blocks an administrator offlined.
         self.state = StateDir(None if dry_run else state_dir, backend.boot_id())
         self.handled: Optional[Handled] = None
+        self.facts: dict = {}  # the Reader's facts about devices, shared by every Reader of this daemon
+        self._saved_facts: Optional[dict] = None
         self.machine: Optional[Machine] = None
         self.reader = None
         self.pending = Pending(settings.settle_ms / 1000)
@@ -205,6 +209,8 @@ class Daemon:
         selector = selectors.DefaultSelector()
         try:
             self.handled = Handled(self.state)
+            record = self.state.load(DEVICES)
+            self.facts = record.get("devices", {}) if record and isinstance(record.get("devices"), dict) else {}
             with TakeOver(self.backend, self.writer, self.state,
                           self.settings.take_over_auto_online and not self.kernel_mode and not self.writer.dry_run):
                 if self.kernel_mode:
@@ -330,7 +336,7 @@ class Daemon:
         batch: all of them at the first start in a boot; after a restart or
         lost events, those not handled before (an offline block handled
         before, the same instance, was offlined by an administrator)."""
-        self.machine, self.reader = read_machine(self.backend)
+        self.machine, self.reader = read_machine(self.backend, self.facts)
         self.layout_stale = False
         for warning in self.machine.warnings:
             log.warning("%s", warning)
@@ -354,6 +360,7 @@ class Daemon:
                      len(left), _ranges(left))
         self.pending.deadline = now if self.pending else None
         self.handled.save()
+        self._save_facts()
 
     def refresh(self, index: int) -> None:
         """Re-read one block and move the model's accounting to what it says."""
@@ -408,6 +415,7 @@ class Daemon:
         if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
             self.machine.drop_group(group.name)
             self.reader.forget_device(group.name)
+            self.facts.pop(group.name, None)
 
     def process_batch(self) -> None:
         batch = self.pending.take()
@@ -478,6 +486,12 @@ class Daemon:
                 log.warning("stopping before %d blocks were decided (%s): they stay offline until "
                             "memonlined starts again", len(left), _ranges(left))
         self.handled.save()
+        self._save_facts()
+
+    def _save_facts(self) -> None:
+        if self.facts != self._saved_facts:
+            self.state.save(DEVICES, {"devices": self.facts})
+            self._saved_facts = copy.deepcopy(self.facts)
 
     def _drain(self) -> None:
         while True:

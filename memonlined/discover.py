@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Tuple
 
 from . import backend as B
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
-from .parse import (MOVABLE, PAGE_SIZE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
+from .parse import (MOVABLE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_state,
                     parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
 
@@ -101,9 +101,12 @@ class Reader:
     virtio_mem probes) that block classification needs, so that the daemon
     can re-read single blocks without a full discovery."""
 
-    def __init__(self, backend: B.Backend, machine: Machine):
+    def __init__(self, backend: B.Backend, machine: Machine, facts: Optional[dict] = None):
         self.backend = backend
         self.machine = machine
+        # What was learned about virtio-mem devices in this boot ({name: fact}),
+        # kept by the daemon in its state directory: the kernel log wraps.
+        self.facts = facts if facts is not None else {}
         self.e820: Optional[List[Tuple[int, int]]] = None
         self.drivers: List[Tuple[int, int, str, str]] = []
         self.hotplug_ram: List[Tuple[int, int, str, str]] = []
@@ -212,16 +215,25 @@ class Reader:
         if kind == DAX:
             # One static group per dax device over all its ranges (dax/kmem.c).
             size = sum(r[1] - r[0] for r in self.drivers if r[2] == name)
-            return Group(name, DAX, node, dynamic=False, max_pages=size // PAGE_SIZE)
+            return Group(name, DAX, node, dynamic=False, max_pages=size // self.machine.page_size)
         if name not in self.probes:
             self.read_probes()
         probe = self.probes.get(name)
         unit = probe.unit_bytes if probe else None
-        if unit is None:
+        # The same device: its name, region, and sysfs directory (a device
+        # replaced under the same name at the same address has a new one).
+        key = {"start": start, "end": end, "instance": self.backend.instance(f"{B.VIRTIO_DEVICES}/{name}")}
+        fact = self.facts.get(name)
+        if unit is not None:
+            if fact != {**key, "unit": unit}:
+                self.facts[name] = {**key, "unit": unit}
+        elif fact is not None and {k: fact.get(k) for k in key} == key and isinstance(fact.get("unit"), int):
+            unit = fact["unit"]
+        else:
             self.machine.warnings.append(f"{name}: its virtio_mem probe lines are not in the kernel log; "
                                          "assuming the unit is one memory block (SBM)")
             unit = block_size
-        return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=max(unit, block_size) // PAGE_SIZE)
+        return Group(name, VIRTIO_MEM, node, dynamic=True, unit_pages=max(unit, block_size) // self.machine.page_size)
 
     def size_dimms(self) -> None:
         """A DIMM's max_pages is the whole device, boot parts included
@@ -238,7 +250,7 @@ class Reader:
                     ranges.setdefault(group.name, set()).add(ram)
         for name, group in self.machine.groups.items():
             if group.kind == DIMM:
-                in_iomem = sum(end - start for start, end in ranges.get(name, ())) // PAGE_SIZE
+                in_iomem = sum(end - start for start, end in ranges.get(name, ())) // self.machine.page_size
                 group.max_pages = max(pages.get(name, 0), in_iomem)
 
 
@@ -248,12 +260,14 @@ def discover(backend: B.Backend) -> Machine:
     return read_machine(backend)[0]
 
 
-def read_machine(backend: B.Backend) -> Tuple[Machine, Reader]:
-    """discover(), and the Reader it used, for re-reading single blocks later."""
+def read_machine(backend: B.Backend, facts: Optional[dict] = None) -> Tuple[Machine, Reader]:
+    """discover(), and the Reader it used, for re-reading single blocks later.
+    FACTS: what an earlier reader learned about devices (Reader.facts)."""
     block_size = _read_global(backend, f"{B.MEMORY}/block_size_bytes", parse_block_size)
     zoneinfo = _read_global(backend, B.ZONEINFO, parse_zoneinfo)
-    machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={})
-    reader = Reader(backend, machine)
+    machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={},
+                      page_size=backend.page_size(zoneinfo))
+    reader = Reader(backend, machine, facts)
     reader.read_layout()
     machine.auto_online_blocks = _read_optional(backend, f"{B.MEMORY}/auto_online_blocks")
     machine.kernel_release = _read_optional(backend, B.OSRELEASE)

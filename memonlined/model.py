@@ -1,7 +1,8 @@
 """What memonlined knows about the machine: blocks, memory groups, nodes.
 
 Plain data, filled by discover.py and updated by the planner as it decides.
-Sizes are in pages (4 KiB), like the kernel's counters.
+Sizes are in pages (Machine.page_size: 4 KiB on x86, 64 KiB on some arm64
+and ppc64 kernels), like the kernel's counters.
 """
 
 from dataclasses import dataclass, field
@@ -76,6 +77,7 @@ class Machine:
     auto_online_blocks: Optional[str] = None
     kernel_params: Dict[str, str] = field(default_factory=dict)
     kernel_release: Optional[str] = None
+    page_size: int = 4096
     warnings: List[str] = field(default_factory=list)
 
     _dynamic: Dict[Optional[int], List[Group]] = field(default_factory=dict, repr=False)
@@ -105,7 +107,7 @@ class Machine:
 
     @property
     def block_pages(self) -> int:
-        return self.block_size // 4096
+        return self.block_size // self.page_size
 
     def add_online(self, block: Block, zone: str) -> None:
         """Account a block that went online in ZONE, as adjust_present_page_count() does."""

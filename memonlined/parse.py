@@ -68,6 +68,7 @@ class ZoneInfo:
     zone: str
     present: int
     cma: int = 0
+    managed: int = 0
 
 
 _ZONE_HEADER = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
@@ -83,7 +84,8 @@ def parse_zoneinfo(text: str) -> List[ZoneInfo]:
             return
         if "present" not in current:
             raise ParseError(f"zone {current['zone']} of node {current['node']} has no 'present' line")
-        zones.append(ZoneInfo(current["node"], current["zone"], current["present"], current.get("cma", 0)))
+        zones.append(ZoneInfo(current["node"], current["zone"], current["present"], current.get("cma", 0),
+                              current.get("managed", 0)))
 
     for line in text.splitlines():
         m = _ZONE_HEADER.match(line)
@@ -97,7 +99,7 @@ def parse_zoneinfo(text: str) -> List[ZoneInfo]:
         words = line.split()
         # "present" and "cma" stand alone on their lines in the zone block;
         # per-node stats ("nr_...") and "pages free" never use these words.
-        if current is not None and len(words) == 2 and words[0] in ("present", "cma"):
+        if current is not None and len(words) == 2 and words[0] in ("present", "cma", "managed"):
             if words[0] in current:
                 raise ParseError(f"two '{words[0]}' lines in zone {current['zone']} of node {current['node']}")
             if not words[1].isdigit():

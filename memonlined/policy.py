@@ -68,8 +68,8 @@ class Decision:
         return self.zone == MOVABLE
 
 
-def _mib(pages: int) -> str:
-    return f"{pages * 4096 // (1 << 20)}M"
+def _mib(pages: int, page_size: int) -> str:
+    return f"{pages * page_size // (1 << 20)}M"
 
 
 def can_online_movable(stats: NodeStats, dynamic_groups: Iterable[Group], group: Optional[Group],
@@ -110,6 +110,7 @@ def _pages_to_online(machine: Machine, block: Block) -> "tuple[Optional[int], st
     """How many pages the decision is about (the remaining part of the device or
     unit), or None when some of it is already in a kernel zone."""
     group = block.group
+    ps = machine.page_size
     block_pages = machine.block_pages
     if group is not None and not group.dynamic:
         if group.kernel_pages:
@@ -125,9 +126,9 @@ def _pages_to_online(machine: Machine, block: Block) -> "tuple[Optional[int], st
         if other is None or other.zone is None:
             continue
         if other.zone != MOVABLE:
-            return None, f"its {_mib(group.unit_pages)} unit of {group.name} already has memory in a kernel zone"
+            return None, f"its {_mib(group.unit_pages, ps)} unit of {group.name} already has memory in a kernel zone"
         online += block_pages
-    return group.unit_pages - online, f"the rest of its {_mib(group.unit_pages)} unit of {group.name}"
+    return group.unit_pages - online, f"the rest of its {_mib(group.unit_pages, ps)} unit of {group.name}"
 
 
 def zone_policy_for(settings: Settings, block: Block) -> "tuple[str, str]":
@@ -146,6 +147,7 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
     """The zone an offline block should go to now (auto_movable_zone_for_pfn)."""
     kernel_zone = block.kernel_zone
     device = block.device
+    ps = machine.page_size
 
     def decide(movable: bool, reason: str, checks=()) -> Decision:
         if movable and MOVABLE not in block.valid_zones:
@@ -155,11 +157,11 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
 
     policy, source = zone_policy_for(settings, block)
     if source == "policy" and settings.kernel_floor_mib:
-        floor = settings.kernel_floor_mib * (1 << 20) // 4096
+        floor = settings.kernel_floor_mib * (1 << 20) // ps
         have = machine.node(block.node).hotplugged_kernel
         if have < floor:
-            return decide(False, f"kernel floor: node {block.node} has {_mib(have)} of hot-plugged "
-                                 f"kernel memory, below the floor of {_mib(floor)}")
+            return decide(False, f"kernel floor: node {block.node} has {_mib(have, ps)} of hot-plugged "
+                                 f"kernel memory, below the floor of {_mib(floor, ps)}")
     if policy == "movable":
         return decide(True, source + ": movable")
     if policy == "kernel":
@@ -177,19 +179,19 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
                                          block.group, nr_pages, settings.ratio, block.node))
     failed = next((c for c in checks if not c.ok), None)
     if failed is None:
-        return decide(True, f"{what} fits: " + "; ".join(_describe(c, settings.ratio) for c in checks), checks)
-    return decide(False, f"{what} does not fit: {_describe(failed, settings.ratio)}", checks)
+        return decide(True, f"{what} fits: " + "; ".join(_describe(c, settings.ratio, ps) for c in checks), checks)
+    return decide(False, f"{what} does not fit: {_describe(failed, settings.ratio, ps)}", checks)
 
 
-def _describe(check: Check, ratio: int) -> str:
+def _describe(check: Check, ratio: int, ps: int) -> str:
     where = "system" if check.node is None else f"node {check.node}"
     if check.limit == 0 and not check.ok and check.kernel_early <= check.req_kernel_early:
-        return (f"{where}: early kernel {_mib(check.kernel_early)} is all needed by other "
-                f"dynamic groups ({_mib(check.req_kernel_early)})")
+        return (f"{where}: early kernel {_mib(check.kernel_early, ps)} is all needed by other "
+                f"dynamic groups ({_mib(check.req_kernel_early, ps)})")
     kernel = check.kernel_early - check.req_kernel_early + check.group_kernel
     op = "<=" if check.ok else ">"
-    return (f"{where}: Movable {_mib(check.movable - check.dyn_movable)} + {_mib(check.nr_pages)} "
-            f"{op} {ratio}% of kernel {_mib(kernel)} = {_mib(check.limit)}")
+    return (f"{where}: Movable {_mib(check.movable - check.dyn_movable, ps)} + {_mib(check.nr_pages, ps)} "
+            f"{op} {ratio}% of kernel {_mib(kernel, ps)} = {_mib(check.limit, ps)}")
 
 
 def movable_headroom(machine: Machine, settings: Settings, node: Optional[int] = None) -> int:

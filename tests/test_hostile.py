@@ -302,3 +302,29 @@ def test_writes_under_root_never_follow_a_symlinked_directory(tmp_path):
         Backend(kernel.root).write_block_state(48, "online_movable")
     assert e.value.errno in (errno.ELOOP, errno.ENOTDIR)
     assert (elsewhere / "memory48/state").read_text() == "offline\n"
+
+
+def test_the_same_machine_in_64k_pages_gets_the_same_decisions(tmp_path):
+    """arm64 and ppc64 kernels with 64 KiB pages count /proc/zoneinfo in
+    them: a DIMM that fits must stay Movable (it turned Normal with 4 KiB
+    assumed), and every decision must be the one 4 KiB pages give."""
+    import re
+    import shutil
+    from kernelbackend import plan
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    for size in (4, 4, 4, 4):
+        kernel.add_dimm(size * GiB)
+    big = str(tmp_path / "64k")
+    shutil.copytree(kernel.root, big, symlinks=True)
+    path = os.path.join(big, "proc/zoneinfo")
+    text = open(path).read()
+    # every page count, in pages of 16 times the size (block and zone sizes are multiples)
+    text = re.sub(r"^(\s+(?:present|managed|spanned|cma|pages free|min|low|high)\s+)(\d+)$",
+                  lambda m: m.group(1) + str(int(m.group(2)) // 16), text, flags=re.M)
+    open(path, "w").write(text)
+    from memonlined.backend import Backend
+    from memonlined.parse import parse_zoneinfo
+    assert Backend(big).page_size(parse_zoneinfo(text)) == 65536
+    decisions = plan(kernel.root)
+    assert {decisions[i] for i in range(48, 80)} == {"Movable"}
+    assert plan(big) == decisions

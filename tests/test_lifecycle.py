@@ -336,3 +336,29 @@ def test_a_stop_in_a_long_batch_ends_it_after_the_device_in_hand(tmp_path, caplo
     assert "they stay offline until memonlined starts again" in caplog.text
     Run(kernel, tmp_path / "run")(lambda run: None)
     assert None not in kernel.layout().values()
+
+
+# -- defect 9: the virtio-mem unit outlives the kernel log --------------------
+
+def test_a_restart_after_the_kernel_log_wrapped_keeps_a_bbm_devices_unit(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    vm = kernel.add_virtio_mem(32 * GiB, bbm=True, device_block_size=GiB)
+    twin_vm = twin.add_virtio_mem(32 * GiB, bbm=True, device_block_size=GiB)
+    state = tmp_path / "run"
+
+    def grow(times):
+        def script(run):
+            for _ in range(times):
+                out = run.locked("virtio_mem_plug", vm, GiB)
+                wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
+        return script
+
+    Run(kernel, state)(grow(2))                       # learns the unit from the probe lines
+    with open(kernel.root + "/dev/kmsg", "w") as f:   # days later: they have rotated out
+        f.write("6,9999,99999999,-;lots of later messages\n")
+    Run(kernel, state)(grow(14))
+    for _ in range(16):
+        twin.virtio_mem_plug(twin_vm, GiB)
+        kernel_online_all(twin)
+    assert kernel.layout() == twin.layout()

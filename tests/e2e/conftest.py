@@ -46,7 +46,7 @@ def _missing():
             kernels = json.load(f)
     except (OSError, ValueError):
         kernels = {}
-    for suite in KERNELS + ["bookworm"]:
+    for suite in KERNELS + ["bookworm", "trixie"]:  # trixie: test_lifecycle.py
         path = kernels.get(suite, {}).get("vmlinuz")
         if not path or not os.path.exists(path):
             missing.append(f"the {suite} kernel ({CACHE}/kernels.json)")

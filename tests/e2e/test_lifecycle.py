@@ -1,0 +1,123 @@
+"""The daemon through a VM's life, in a real guest (the lifecycle issue):
+a kernel that onlines hot-plugged memory itself (Debian 13's default), the
+daemon SIGKILLed, restarted and stopped; `udevadm trigger` with a block an
+administrator offlined; a virtio-mem device shrunk and grown again while the
+daemon is stopped (blocks re-added at reused indexes: new sysfs
+directories, checked here by their inode numbers)."""
+import time
+
+import pytest
+
+import scenarios as S
+from guest import GiB, GuestError
+
+pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("e2e_ready")]
+
+AO = "/sys/devices/system/memory/auto_online_blocks"
+VALID_ZONES = ("cd /sys/devices/system/memory && for n in {}; do "
+               "for l in memory$n/node[0-9]*; do [ -e $l ] && echo $n $(cat memory$n/valid_zones); done; done")
+INODES = "cd /sys/devices/system/memory && for d in memory[0-9]*; do echo ${d#memory} $(stat -c %i $d); done"
+
+
+def wait_rc(g, name, timeout=30):
+    deadline = time.monotonic() + timeout
+    while not (rc := g.sh(f"cat /run/{name}.rc 2>/dev/null", check=False).stdout.strip()):
+        if time.monotonic() > deadline:
+            raise GuestError(f"{name} did not exit")
+        time.sleep(0.3)
+    return int(rc)
+
+
+def inodes(g):
+    return {int(n): int(i) for n, i in (line.split() for line in g.sh(INODES).stdout.splitlines())}
+
+
+def lifecycle(suite):
+    res = {}
+    # The kernel onlines by itself, with the auto-movable policy: when it is
+    # memonlined's turn, valid_zones of an offline block is the kernel's answer.
+    with S.boot(suite, "memonlined", "lifecycle", qemu_opts=S.virtio_mem_opts("vm0", 8 * GiB),
+                extra_append=["memhp_default_state=online", "memory_hotplug.online_policy=auto-movable"]) as g:
+        ao = lambda: g.sh(f"cat {AO}").stdout.strip()  # noqa: E731
+        g.sh("modprobe virtio_mem")
+        count = S.base_blocks(g)
+        res["auto_online at boot"] = ao()
+        S.start_daemon(g, "run", name="mo1")
+        res["auto_online while running"] = ao()
+        S.resize(g, "vm0", 2 * GiB)
+        res["grown"] = S.wait_layout(g, S.all_online(count + 16), "2 GiB online")
+
+        # SIGKILL: nothing puts the setting back; what is added meanwhile waits offline.
+        g.sh("kill -KILL $(cat /run/mo1.pid)")
+        res["kill rc"] = wait_rc(g, "mo1")
+        res["auto_online after kill"] = ao()
+        S.resize(g, "vm0", 2 * GiB + (512 << 20))
+        res["offline after kill"] = sum(z is None for z in S.layout(g).values())
+        S.start_daemon(g, "run", name="mo2")
+        res["after restart"] = S.wait_layout(g, S.all_online(count + 20), "2.5 GiB online after the restart")
+        res["mo2 rc"], res["mo2 log"] = S.stop_daemon(g, "mo2")
+        res["auto_online after the clean stop"] = ao()
+
+        # udevadm trigger (systemd-udev-trigger.service at boot) with a block offlined by the administrator.
+        S.start_daemon(g, "run", name="mo3")
+        g.sh("echo offline > /sys/devices/system/memory/memory50/state")
+        time.sleep(1)
+        g.sh("udevadm trigger --action=add --subsystem-match=memory")
+        time.sleep(4)
+        res["after trigger"] = S.layout(g)
+        g.sh("echo online_movable > /sys/devices/system/memory/memory50/state")  # the administrator again
+        res["mo3 rc"], res["mo3 log"] = S.stop_daemon(g, "mo3")
+
+        # Shrunk and grown again while no memonlined runs, memory left offline
+        # (as on a kernel booted with memhp_default_state=offline).
+        g.sh(f"echo offline > {AO}")
+        before, ino_before = S.layout(g), inodes(g)
+        S.resize(g, "vm0", 2 * GiB)
+        shrunk = S.layout(g)
+        S.resize(g, "vm0", 2 * GiB + (512 << 20))
+        regrown = S.wait_layout(g, lambda lay: len(lay) == count + 20, "the regrown blocks present")
+        res["re-added"] = sorted((set(before) - set(shrunk)) & set(regrown))
+        res["inodes"] = (ino_before, inodes(g))
+        time.sleep(1)  # node links: valid_zones is read only once a block has one (6.1 oopses before)
+        res["kernel's answer"] = dict(
+            (int(n), z) for n, z in (line.split()[:2] for line in g.sh(VALID_ZONES.format(
+                " ".join(str(n) for n in res["re-added"] if regrown[n] is None))).stdout.splitlines()))
+        S.start_daemon(g, "run", name="mo4")
+        res["after re-plug"] = S.wait_layout(g, S.all_online(count + 20), "the re-added blocks online")
+        res["mo4 rc"], res["mo4 log"] = S.stop_daemon(g, "mo4")
+    return res
+
+
+@pytest.mark.parametrize("suite", ["trixie"])
+def test_kill_restart_trigger_and_reused_indexes(suite):
+    res = lifecycle(suite)
+    for name in ("mo2", "mo3", "mo4"):
+        assert res[f"{name} rc"] == 0, res[f"{name} log"][-3000:]
+        assert "Traceback" not in res[f"{name} log"], res[f"{name} log"][-3000:]
+
+    # Defect 1: after a SIGKILL, a restart and a clean stop, the kernel onlines by itself again.
+    assert res["auto_online at boot"] == "online"
+    assert res["auto_online while running"] == "offline"
+    assert res["kill rc"] == 137
+    assert res["auto_online after kill"] == "offline" and res["offline after kill"] == 4
+    assert set(res["after restart"].values()) - {None} <= {"none", "DMA32", "Normal", "Movable"}
+    assert "auto_online_blocks was online before memonlined (recorded by an earlier memonlined" \
+        in res["mo2 log"], res["mo2 log"][-3000:]
+    assert res["auto_online after the clean stop"] == "online"
+
+    # Defect 3: the synthetic adds change nothing and report nothing.
+    assert res["after trigger"][50] is None, S.summary(res["after trigger"])
+    assert "onlined by someone else" not in res["mo3 log"], res["mo3 log"][-3000:]
+    assert "onlined to" not in res["mo3 log"].split("ready:", 1)[1], res["mo3 log"][-3000:]
+
+    # Defect 2: re-added blocks are new sysfs directories (new inode numbers,
+    # the others keep theirs), and memonlined onlines them where the kernel would.
+    before, after = res["inodes"]
+    readded = res["re-added"]
+    assert readded, "the shrink removed no block"
+    assert all(before[n] != after[n] for n in readded), [(n, before[n], after[n]) for n in readded]
+    kept = set(before) & set(after) - set(readded)
+    assert kept and all(before[n] == after[n] for n in kept)
+    assert res["kernel's answer"], "no re-added block was offline before memonlined started"
+    for n, zone in res["kernel's answer"].items():
+        assert res["after re-plug"][n] == zone, (n, res["after re-plug"][n], zone, S.decisions_for(res["mo4 log"], [n]))
