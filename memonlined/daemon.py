@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 LINK_WAIT = 2.0
 AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
 # [daemon] keys a reload cannot apply to a running daemon.
-DEVICES = "devices.json"
+DEVICES = "facts.json"
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
 
@@ -180,7 +180,7 @@ class Daemon:
         # would-be onlined blocks for blocks an administrator offlined.
         self.state = StateDir(None if dry_run else state_dir, backend.boot_id())
         self.handled: Optional[Handled] = None
-        self.facts: dict = {}  # the Reader's facts about devices, shared by every Reader of this daemon
+        self.facts: dict = {}  # what every Reader of this daemon learned (Reader.facts)
         self._saved_facts: Optional[dict] = None
         self.machine: Optional[Machine] = None
         self.reader = None
@@ -210,7 +210,7 @@ class Daemon:
         try:
             self.handled = Handled(self.state)
             record = self.state.load(DEVICES)
-            self.facts = record.get("devices", {}) if record and isinstance(record.get("devices"), dict) else {}
+            self.facts = record.get("facts", {}) if record and isinstance(record.get("facts"), dict) else {}
             with TakeOver(self.backend, self.writer, self.state,
                           self.settings.take_over_auto_online and not self.kernel_mode and not self.writer.dry_run):
                 if self.kernel_mode:
@@ -415,7 +415,6 @@ class Daemon:
         if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
             self.machine.drop_group(group.name)
             self.reader.forget_device(group.name)
-            self.facts.pop(group.name, None)
 
     def process_batch(self) -> None:
         batch = self.pending.take()
@@ -490,7 +489,7 @@ class Daemon:
 
     def _save_facts(self) -> None:
         if self.facts != self._saved_facts:
-            self.state.save(DEVICES, {"devices": self.facts})
+            self.state.save(DEVICES, {"facts": self.facts})
             self._saved_facts = copy.deepcopy(self.facts)
 
     def _drain(self) -> None:

@@ -14,7 +14,7 @@ import bisect
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 from . import backend as B
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
@@ -104,9 +104,11 @@ class Reader:
     def __init__(self, backend: B.Backend, machine: Machine, facts: Optional[dict] = None):
         self.backend = backend
         self.machine = machine
-        # What was learned about virtio-mem devices in this boot ({name: fact}),
-        # kept by the daemon in its state directory: the kernel log wraps.
+        # What was learned in this boot, kept by the daemon in its state
+        # directory: virtio-mem units ({"virtio-mem": {name: fact}}: the
+        # kernel log wraps) and, without an E820 table, the boot blocks.
         self.facts = facts if facts is not None else {}
+        self.boot_blocks: Set[int] = set()
         self.e820: Optional[List[Tuple[int, int]]] = None
         self.drivers: List[Tuple[int, int, str, str]] = []
         self.hotplug_ram: List[Tuple[int, int, str, str]] = []
@@ -148,6 +150,7 @@ class Reader:
     def forget_device(self, name: str) -> None:
         """Its last block is gone: the next device of that name is probed anew."""
         self.probes.pop(name, None)
+        self.facts.get("virtio-mem", {}).pop(name, None)
 
     def read_probes(self) -> None:
         self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log()])
@@ -185,7 +188,7 @@ class Reader:
             early = _overlaps(self.e820, self._e820_starts, start, start + machine.block_size)
         else:
             firmware = self.backend.readlink(f"{B.block_dir(index)}/firmware_node")
-            early = firmware is None
+            early = firmware is None and index in self.boot_blocks
         if early:
             # Boot memory, even where an ACPI memory device describes it: the
             # kernel put it in no group (add_memory() failed with -EEXIST).
@@ -205,9 +208,37 @@ class Reader:
     def unlinked(self, block: Block) -> bool:
         """Is this hot-plugged memory that may be an ACPI DIMM still being
         added (its blocks come before its firmware_node links)?"""
-        return (block.group is None and not block.early and self.e820 is not None
-                and _find(self.hotplug_ram, self._ram_starts, block.index * self.machine.block_size) is not None
-                and any(n.startswith("PNP0C80:") for n in self.backend.listdir(B.ACPI_DEVICES)))
+        if block.group is not None or block.early:
+            return False
+        if self.e820 is not None and _find(self.hotplug_ram, self._ram_starts,
+                                           block.index * self.machine.block_size) is None:
+            return False
+        return any(n.startswith("PNP0C80:") for n in self.backend.listdir(B.ACPI_DEVICES))
+
+    def find_boot_blocks(self) -> None:
+        """Without an E820 table: the boot blocks are those online with no
+        device when first looked at in this boot (the kernel onlines boot
+        memory itself; an offline block without a device is hot-plugged,
+        such as a DIMM whose firmware_node links are not there yet)."""
+        runs = self.facts.get("boot_blocks")
+        if isinstance(runs, list):
+            self.boot_blocks = {i for first, last in runs for i in range(first, last + 1)}
+            return
+        for index in self.backend.block_indexes():
+            d = B.block_dir(index)
+            try:
+                online = parse_state(self.backend.read(f"{d}/state")) != "offline"
+            except (OSError, ParseError):
+                continue
+            if online and self.backend.readlink(f"{d}/firmware_node") is None:
+                self.boot_blocks.add(index)
+        out: List[List[int]] = []
+        for i in sorted(self.boot_blocks):
+            if out and out[-1][1] == i - 1:
+                out[-1][1] = i
+            else:
+                out.append([i, i])
+        self.facts["boot_blocks"] = out
 
     def _driver_group(self, res, node) -> Group:
         start, end, name, kind = res
@@ -223,10 +254,11 @@ class Reader:
         # The same device: its name, region, and sysfs directory (a device
         # replaced under the same name at the same address has a new one).
         key = {"start": start, "end": end, "instance": self.backend.instance(f"{B.VIRTIO_DEVICES}/{name}")}
-        fact = self.facts.get(name)
+        known = self.facts.setdefault("virtio-mem", {})
+        fact = known.get(name)
         if unit is not None:
             if fact != {**key, "unit": unit}:
-                self.facts[name] = {**key, "unit": unit}
+                known[name] = {**key, "unit": unit}
         elif fact is not None and {k: fact.get(k) for k in key} == key and isinstance(fact.get("unit"), int):
             unit = fact["unit"]
         else:
@@ -276,8 +308,9 @@ def read_machine(backend: B.Backend, facts: Optional[dict] = None) -> Tuple[Mach
         if value is not None:
             machine.kernel_params[name] = value
     if reader.e820 is None:
-        machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): "
-                                "taking memory without a device as boot memory")
+        machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): taking memory without a "
+                                "device that was online at the first look in this boot as boot memory")
+        reader.find_boot_blocks()
     if reader.drivers:
         reader.read_probes()
     nodes = backend.node_blocks()

@@ -10,8 +10,9 @@ to the next one of the same boot (a restart, a crash, an upgrade).
   reuse), so it is new memory to online.
 - `auto_online_blocks.json`: the value the take-over replaced, written
   before the change, so that whoever stops last puts it back.
-- `devices.json`: what was learned about virtio-mem devices from the kernel
-  log, which wraps.
+- `facts.json`: what discovery learned in this boot and cannot read again:
+  virtio-mem units from the kernel log, which wraps; without an E820
+  table, which blocks are boot memory.
 
 Every record names the boot it belongs to (/proc/sys/kernel/random/boot_id);
 a record of another boot (a state directory that is not on tmpfs) is ignored.

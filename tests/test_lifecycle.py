@@ -362,3 +362,34 @@ def test_a_restart_after_the_kernel_log_wrapped_keeps_a_bbm_devices_unit(tmp_pat
         twin.virtio_mem_plug(twin_vm, GiB)
         kernel_online_all(twin)
     assert kernel.layout() == twin.layout()
+
+
+# -- defect 7: no E820 table --------------------------------------------------
+
+def test_without_e820_a_dimm_still_being_added_is_not_boot_memory(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    os.unlink(kernel.root + "/sys/kernel/boot_params/data")
+    for k in (kernel, twin):
+        k.add_dimm(10 * GiB)
+    for size in (4, 4, 4):
+        twin.add_dimm(size * GiB)
+    kernel_online_all(twin)
+    state = tmp_path / "run"
+
+    def script(run):
+        for size in (4, 4):
+            name = run.locked("add_dimm", size * GiB, link_firmware_node=False)
+            time.sleep(0.1)
+            run.locked("link_firmware_nodes", name)
+            wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, state)(script)
+    # A restart, then the third DIMM: the blocks memonlined onlined are not boot memory now either.
+    def third(run):
+        name = run.locked("add_dimm", 4 * GiB, link_firmware_node=False)
+        time.sleep(0.1)
+        run.locked("link_firmware_nodes", name)
+        wait_for(lambda: None not in kernel.layout().values())
+    Run(kernel, state)(third)
+    assert kernel.layout() == twin.layout()
