@@ -15,6 +15,7 @@ ACPI_DEVICES = "sys/bus/acpi/devices"
 VIRTIO_DEVICES = "sys/bus/virtio/devices"
 PARAMETERS = "sys/module/memory_hotplug/parameters"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
+SETUP_DATA = "sys/kernel/boot_params/setup_data"  # E820 entries beyond the zero page's 128
 FIRMWARE_MEMMAP = "sys/firmware/memmap"
 ZONEINFO = "proc/zoneinfo"
 IOMEM = "proc/iomem"

@@ -43,6 +43,9 @@ def capture_paths(backend: B.Backend) -> Iterator[str]:
     for name in backend.listdir(B.PARAMETERS):
         yield f"{B.PARAMETERS}/{name}"
     yield B.BOOT_PARAMS
+    for node in backend.listdir(B.SETUP_DATA):
+        yield f"{B.SETUP_DATA}/{node}/type"
+        yield f"{B.SETUP_DATA}/{node}/data"
     for entry in backend.listdir(B.FIRMWARE_MEMMAP):
         for name in ("start", "end", "type"):
             yield f"{B.FIRMWARE_MEMMAP}/{entry}/{name}"

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Set, Tuple
 from . import backend as B
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
 from .parse import (MOVABLE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
-                    parse_block_size, parse_boot_e820, parse_iomem, parse_state,
+                    parse_block_size, parse_boot_e820, parse_iomem, parse_setup_data_e820, parse_state,
                     parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
 
 log = logging.getLogger(__name__)
@@ -124,12 +124,18 @@ class Reader:
             raise SystemDataError(f"{self.backend.path(B.IOMEM)}: addresses are hidden (all zero); "
                                   "memonlined needs CAP_SYS_ADMIN (run it as root)")
         if self.e820 is None and self.backend.exists(B.BOOT_PARAMS):
+            rel = B.BOOT_PARAMS
             try:
-                self.e820 = parse_boot_e820(self.backend.read_bytes(B.BOOT_PARAMS))
+                e820 = parse_boot_e820(self.backend.read_bytes(rel))
+                for node in sorted(self.backend.listdir(B.SETUP_DATA), key=lambda n: (len(n), n)):
+                    rel = f"{B.SETUP_DATA}/{node}"
+                    e820 += parse_setup_data_e820(self.backend.read(f"{rel}/type"),
+                                                  self.backend.read_bytes(f"{rel}/data"))
             except OSError as e:
-                raise SystemDataError(f"{self.backend.path(B.BOOT_PARAMS)}: cannot read: {e.strerror}") from None
+                raise SystemDataError(f"{self.backend.path(rel)}: cannot read: {e.strerror}") from None
             except ParseError as e:
-                raise SystemDataError(f"{self.backend.path(B.BOOT_PARAMS)}: {e}") from None
+                raise SystemDataError(f"{self.backend.path(rel)}: {e}") from None
+            self.e820 = sorted(e820)
         self.drivers = driver_resources(iomem)
         self._driver_starts = [r[0] for r in self.drivers]
         # Top-level System RAM the boot E820 table does not list: hot-plugged

@@ -163,9 +163,31 @@ def parse_boot_e820(data: bytes) -> List[Tuple[int, int]]:
     count = data[_E820_COUNT_OFFSET]
     if count > _E820_MAX_ENTRIES or _E820_TABLE_OFFSET + count * _E820_ENTRY.size > len(data):
         raise ParseError(f"E820 entry count {count} does not fit the table")
+    return parse_e820_entries(data[_E820_TABLE_OFFSET:_E820_TABLE_OFFSET + count * _E820_ENTRY.size])
+
+
+SETUP_E820_EXT = 1  # a setup_data node with the entries beyond the zero page's 128
+
+
+def parse_setup_data_e820(type_text: str, data: bytes) -> List[Tuple[int, int]]:
+    """One /sys/kernel/boot_params/setup_data/N: its RAM ranges if it is an
+    E820 extension (type 0x1), else none."""
+    try:
+        kind = int(type_text.strip(), 16)
+    except ValueError:
+        raise ParseError(f"expected a setup_data type in hex, got {type_text.strip()[:20]!r}") from None
+    if kind != SETUP_E820_EXT:
+        return []
+    if len(data) % _E820_ENTRY.size:
+        raise ParseError(f"expected E820 entries of {_E820_ENTRY.size} bytes, got {len(data)} bytes")
+    return parse_e820_entries(data)
+
+
+def parse_e820_entries(data: bytes) -> List[Tuple[int, int]]:
+    """Packed struct boot_e820_entry records: the RAM ranges [start, end), sorted."""
     ram = []
-    for i in range(count):
-        addr, size, kind = _E820_ENTRY.unpack_from(data, _E820_TABLE_OFFSET + i * _E820_ENTRY.size)
+    for offset in range(0, len(data) - _E820_ENTRY.size + 1, _E820_ENTRY.size):
+        addr, size, kind = _E820_ENTRY.unpack_from(data, offset)
         if kind == E820_RAM and size:
             ram.append((addr, addr + size))
     return sorted(ram)

@@ -328,3 +328,32 @@ def test_the_same_machine_in_64k_pages_gets_the_same_decisions(tmp_path):
     decisions = plan(kernel.root)
     assert {decisions[i] for i in range(48, 80)} == {"Movable"}
     assert plan(big) == decisions
+
+
+def test_e820_entries_beyond_the_zero_pages_128_are_read_from_setup_data(tmp_path):
+    """Firmware with more than 128 E820 entries: the zero page holds 128,
+    the rest are in a SETUP_E820_EXT setup_data node, which sysfs shows."""
+    import shutil
+    import struct
+    from kernelbackend import plan
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    kernel.add_dimm(8 * GiB)           # fits 301% of 4 GiB of boot memory, not of 2 GiB
+    moved = str(tmp_path / "moved")
+    shutil.copytree(kernel.root, moved, symlinks=True)
+    path = os.path.join(moved, "sys/kernel/boot_params/data")
+    data = bytearray(open(path, "rb").read())
+    count = data[0x1E8]
+    entries = [bytes(data[0x2D0 + 20 * i:0x2D0 + 20 * (i + 1)]) for i in range(count)]
+    last_ram = max(i for i, e in enumerate(entries) if struct.unpack("<QQI", e)[2] == 1)
+    assert struct.unpack("<QQI", entries[last_ram])[0] == 4 * GiB     # the boot RAM above 4 GiB
+    kept = [e for i, e in enumerate(entries) if i != last_ram]
+    data[0x1E8] = len(kept)
+    data[0x2D0:0x2D0 + 20 * count] = b"".join(kept) + bytes(20)
+    open(path, "wb").write(bytes(data))
+    node = os.path.join(moved, "sys/kernel/boot_params/setup_data/0")
+    os.makedirs(node)
+    open(node + "/type", "w").write("0x1\n")
+    open(node + "/data", "wb").write(entries[last_ram])
+    assert plan(moved) == plan(kernel.root)
+    shutil.rmtree(node)                            # the same tree without it: boot RAM taken for hot-plugged
+    assert plan(moved) != plan(kernel.root)

@@ -393,3 +393,21 @@ def test_without_e820_a_dimm_still_being_added_is_not_boot_memory(tmp_path):
         wait_for(lambda: None not in kernel.layout().values())
     Run(kernel, state)(third)
     assert kernel.layout() == twin.layout()
+
+
+# -- defect 17: a block going offline while the daemon starts ----------------
+
+def test_a_block_going_offline_at_the_start_is_left_to_whoever_offlines_it(tmp_path):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", coldplug_dimms=[GiB])
+    kernel_online_all(kernel)
+    with open(kernel.root + "/sys/devices/system/memory/memory50/state", "w") as f:
+        f.write("going-offline\n")                  # an administrator's offline in progress
+
+    def script(run):
+        assert not run.backend.writes
+        run.locked("write_state", 50, "offline")    # it completes
+        time.sleep(0.2)
+
+    run = Run(kernel, tmp_path / "run")
+    run(script)
+    assert kernel.layout()[50] is None and not any(i == 50 for i, _ in run.backend.writes)
