@@ -8,7 +8,8 @@ set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=/var/cache/memonlined-e2e
-MIRROR=${MEMONLINED_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+. "$(dirname "$0")/debian-archive.sh"
+MIRROR=$DEBIAN_ARCHIVE
 SUITES=(bullseye bookworm trixie)
 
 die() { printf '\n*** e2e setup FAILED: %s ***\n\n' "$*" >&2; exit 1; }

@@ -5,7 +5,8 @@
 set -euo pipefail
 CACHE=/var/cache/memonlined-e2e
 ROOT=$CACHE/systemd-root
-MIRROR=${MEMONLINED_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+. "$(dirname "$0")/debian-archive.sh"
+MIRROR=$DEBIAN_ARCHIVE
 
 die() { printf '\n*** e2e systemd image FAILED: %s ***\n\n' "$*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "must run as root"
