@@ -1,10 +1,12 @@
 #!/bin/bash
-# A Debian bookworm root with systemd as init, for the systemd-unit test
-# (test_systemd.py), built once with debootstrap and cached (about 1.5 min,
-# 820 MB). memonlined itself is copied in by the test on every run.
+# A Debian root (SUITE: bookworm by default, bullseye) with systemd as init,
+# for the systemd-unit test (test_systemd.py), built once with debootstrap and
+# cached (about 1.5 min, 820 MB). memonlined itself is copied in by the test
+# on every run.
 set -euo pipefail
+SUITE=${1:-bookworm}
 CACHE=/var/cache/memonlined-e2e
-ROOT=$CACHE/systemd-root
+ROOT=$CACHE/systemd-root-$SUITE
 . "$(dirname "$0")/debian-archive.sh"
 MIRROR=$DEBIAN_ARCHIVE
 
@@ -18,7 +20,7 @@ fi
 rm -rf "$ROOT.tmp"
 debootstrap --variant=minbase \
     --include=systemd-sysv,udev,python3,python3-pyudev,python3-psutil,python3-systemd,kmod,linux-image-amd64,initramfs-tools \
-    bookworm "$ROOT.tmp" "$MIRROR" || die "debootstrap"
+    "$SUITE" "$ROOT.tmp" "$MIRROR" || die "debootstrap $SUITE"
 ls "$ROOT.tmp"/boot/vmlinuz-* "$ROOT.tmp"/boot/initrd.img-* >/dev/null || die "no kernel or initrd in the root"
 echo "/dev/vda / ext4 defaults 0 1" >"$ROOT.tmp/etc/fstab"
 echo memonlined-e2e >"$ROOT.tmp/etc/hostname"

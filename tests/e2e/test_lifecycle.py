@@ -3,7 +3,8 @@ a kernel that onlines hot-plugged memory itself (Debian 13's default), the
 daemon SIGKILLed, restarted and stopped; `udevadm trigger` with a block an
 administrator offlined; a virtio-mem device shrunk and grown again while the
 daemon is stopped (blocks re-added at reused indexes: new sysfs
-directories, checked here by their inode numbers)."""
+directories, checked here by their inode numbers); a real netlink overflow
+and the rescan after it."""
 import time
 
 import pytest
@@ -85,13 +86,30 @@ def lifecycle(suite):
         S.start_daemon(g, "run", name="mo4")
         res["after re-plug"] = S.wait_layout(g, S.all_online(count + 20), "the re-added blocks online")
         res["mo4 rc"], res["mo4 log"] = S.stop_daemon(g, "mo4")
+
+        # A real netlink overflow: the daemon stopped (SIGSTOP) while two DIMMs
+        # come and `udevadm trigger` sends a change event for every device.
+        S.start_daemon(g, "--receive-buffer-mib 1 run", name="mo5")
+        g.sh("kill -STOP $(cat /run/mo5.pid)")
+        for i in range(2):
+            g.add_dimm(f"d{i}", 4 * GiB)
+        lay = S.wait_layout(g, lambda lay: len(lay) == count + 84 and len(lay.fw) == 64, "the DIMMs' blocks and links")
+        res["dimms"] = dimms = [sorted(lay.fw)[:32], sorted(lay.fw)[32:]]
+        time.sleep(1)
+        res["kernel's answer for the DIMMs"] = dict(
+            (int(n), z) for n, z in (line.split()[:2] for line in g.sh(VALID_ZONES.format(
+                " ".join(str(d[0]) for d in dimms))).stdout.splitlines()))
+        g.sh("udevadm trigger; udevadm trigger")
+        g.sh("kill -CONT $(cat /run/mo5.pid)")
+        res["after overflow"] = S.wait_layout(g, S.all_online(count + 84), "the DIMMs online after the rescan")
+        res["mo5 rc"], res["mo5 log"] = S.stop_daemon(g, "mo5")
     return res
 
 
 @pytest.mark.parametrize("suite", ["trixie"])
 def test_kill_restart_trigger_and_reused_indexes(suite):
     res = lifecycle(suite)
-    for name in ("mo2", "mo3", "mo4"):
+    for name in ("mo2", "mo3", "mo4", "mo5"):
         assert res[f"{name} rc"] == 0, res[f"{name} log"][-3000:]
         assert "Traceback" not in res[f"{name} log"], res[f"{name} log"][-3000:]
 
@@ -121,3 +139,9 @@ def test_kill_restart_trigger_and_reused_indexes(suite):
     assert res["kernel's answer"], "no re-added block was offline before memonlined started"
     for n, zone in res["kernel's answer"].items():
         assert res["after re-plug"][n] == zone, (n, res["after re-plug"][n], zone, S.decisions_for(res["mo4 log"], [n]))
+
+    # Defect 6, with a real overflow: the rescan onlines both DIMMs, each whole, where the kernel would.
+    assert "uevents may have been lost" in res["mo5 log"], res["mo5 log"][-3000:]
+    for dimm in res["dimms"]:
+        zones = {res["after overflow"][n] for n in dimm}
+        assert zones == {res["kernel's answer for the DIMMs"][dimm[0]]}, (dimm[0], zones, res["mo5 log"][-3000:])

@@ -1,7 +1,9 @@
 """Scenario 8: the shipped systemd unit in a guest with systemd as init.
 
-A debootstrap'ed Debian bookworm root (tests/e2e/systemd_image.sh, cached
-under /var/cache/memonlined-e2e/systemd-root) gets this checkout's memonlined
+A debootstrap'ed Debian root, bookworm (6.1, Python 3.11) and bullseye (5.10,
+Python 3.9, no memory_hotplug parameters: the unit must start there too)
+(tests/e2e/systemd_image.sh, cached under /var/cache/memonlined-e2e/systemd-root-SUITE)
+gets this checkout's memonlined
 in /usr/local (Debian's python3-pyudev, -psutil, -systemd), the unit
 systemd/memonlined.service unchanged (ExecStart=/usr/local/bin/memonlined run)
 and a oneshot check unit that reports on the serial console. QEMU boots it
@@ -25,7 +27,6 @@ import pytest
 from guest import CACHE, GiB, QMP, REPO
 import scenarios as S
 
-ROOT = os.path.join(CACHE, "systemd-root")
 HERE = os.path.dirname(os.path.abspath(__file__))
 DECISION_ID = "3f0b6c2e8d4a4f5bb1c9e7a2d5f81c40"
 
@@ -70,11 +71,24 @@ echo "E2E-LAYOUT-BEGIN"
 %s
 echo "E2E-LAYOUT-END"
 echo "E2E-STATUS2 $(show)"
+# A kernel that onlines by itself; the watchdog finds memonlined hung.
+echo online > auto_online_blocks
+mkdir -p /run/systemd/system/memonlined.service.d
+printf '[Service]\nWatchdogSec=4\n' > /run/systemd/system/memonlined.service.d/watchdog.conf
+systemctl daemon-reload
+systemctl restart memonlined
+echo "E2E-AO-RUNNING $(cat auto_online_blocks)"
+kill -STOP $(systemctl show -p MainPID --value memonlined)
+i=0; while [ "$(systemctl show -p NRestarts --value memonlined)" = 0 ] && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+i=0; while ! systemctl is-active -q memonlined && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+echo "E2E-AO-RESTARTED $(systemctl show -p NRestarts --value memonlined) $(cat auto_online_blocks)"
+systemctl stop memonlined
+echo "E2E-AO-STOPPED $(cat auto_online_blocks)"
 echo "E2E-JOURNAL-BEGIN"
 journalctl -u memonlined -o verbose MESSAGE_ID=%s --no-pager
 echo "E2E-JOURNAL-END"
 echo "E2E-LOG-BEGIN"
-journalctl -u memonlined --no-pager | tail -n 40
+journalctl -u memonlined --no-pager | tail -n 100
 echo "E2E-LOG-END"
 """ % (S.LAYOUT, DECISION_ID)
 
@@ -85,13 +99,14 @@ sys.exit(main())
 """
 
 
-@pytest.fixture(scope="session")
-def systemd_root(e2e_ready):
-    p = subprocess.run(["bash", os.path.join(HERE, "systemd_image.sh")], stdout=subprocess.PIPE,
+@pytest.fixture(scope="session", params=["bookworm", "bullseye"])
+def systemd_root(request, e2e_ready):
+    suite = request.param
+    p = subprocess.run(["bash", os.path.join(HERE, "systemd_image.sh"), suite], stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
     if p.returncode:
-        pytest.fail(f"tests/e2e/systemd_image.sh failed:\n{p.stdout[-3000:]}", pytrace=False)
-    return ROOT
+        pytest.fail(f"tests/e2e/systemd_image.sh {suite} failed:\n{p.stdout[-3000:]}", pytrace=False)
+    return os.path.join(CACHE, f"systemd-root-{suite}")
 
 
 def install(root):
@@ -198,3 +213,10 @@ def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root):
         e = by_block[n]
         assert e.get("ZONE") == "Movable" and e.get("DEVICE", "").startswith("PNP0C80:") and e.get("REASON"), e
         assert e.get("RESULT") == "onlined", e
+
+    log = section(out, "LOG")
+    assert re.search(r"E2E-AO-RUNNING offline", out), out[-5000:]
+    restarted = re.search(r"E2E-AO-RESTARTED (\d+) (\S+)", out)
+    assert restarted and int(restarted.group(1)) >= 1 and restarted.group(2) == "offline", (restarted, log)
+    assert "aborted (SIGABRT" in log and "auto_online_blocks put back to online" in log, log
+    assert re.search(r"E2E-AO-STOPPED online", out), (out[-3000:], log)
