@@ -1,3 +1,3 @@
 """memonlined: online hot-plugged memory the way the kernel's auto-movable policy would."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

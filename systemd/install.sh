@@ -1,18 +1,44 @@
 #!/usr/bin/env bash
-# Install memonlined as a systemd service, from a checkout, as root:
+# Install memonlined as a systemd service from a checkout, as root, where
+# the Debian package (packaging/build-deb.sh) does not fit:
 #   sudo systemd/install.sh [PYTHON]
-# pip-installs the package (with the daemon's dependencies) for PYTHON
-# (default python3), installs the unit with ExecStart pointing at that
-# installation, the configuration (kept if present) and the man pages, then
-# enables and starts the service.
+# Its dependencies come from the distribution where it has them (Debian and
+# Ubuntu: python3-pyudev, python3-systemd, python3-psutil; Fedora and RHEL:
+# the same names): no compiler. Only where it has none does pip build
+# systemd-python, which needs a compiler and libsystemd's headers; the script
+# says which it does. memonlined goes into a virtualenv in /opt/memonlined
+# (seeing the system's packages); the unit, with ExecStart pointing there,
+# the configuration (kept if present) and the man pages are installed, then
+# the service is enabled and started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-python3}
-if ! pkg-config --exists libsystemd 2>/dev/null && command -v apt-get >/dev/null; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsystemd-dev pkg-config gcc python3-venv
+DEPS=(python3-pyudev python3-systemd python3-psutil)
+
+from_distribution() {
+    if command -v apt-get >/dev/null && apt-cache show "${DEPS[@]}" >/dev/null 2>&1; then
+        echo "install.sh: installing the distribution's ${DEPS[*]} with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${DEPS[@]}" python3-venv
+    elif command -v dnf >/dev/null && dnf -q info "${DEPS[@]}" >/dev/null 2>&1; then
+        echo "install.sh: installing the distribution's ${DEPS[*]} with dnf"
+        dnf -y -q install "${DEPS[@]}"
+    else
+        return 1
+    fi
+}
+
+if from_distribution; then
+    "$python" -m venv --system-site-packages /opt/memonlined
+    /opt/memonlined/bin/pip install -q --no-deps .
+else
+    echo "install.sh: the distribution has no ${DEPS[*]}: pip installs them, building systemd-python"
+    echo "            from source (a compiler and libsystemd's headers are needed)"
+    if ! pkg-config --exists libsystemd 2>/dev/null && command -v apt-get >/dev/null; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsystemd-dev pkg-config gcc python3-venv
+    fi
+    "$python" -m venv /opt/memonlined
+    /opt/memonlined/bin/pip install -q ".[daemon]"
 fi
-"$python" -m venv /opt/memonlined
-/opt/memonlined/bin/pip install -q ".[daemon]"
 sed "s|^ExecStart=.*|ExecStart=/opt/memonlined/bin/memonlined run|" systemd/memonlined.service \
     > /etc/systemd/system/memonlined.service
 install -d /etc/memonlined

@@ -88,7 +88,7 @@ def lifecycle(suite):
         res["mo4 rc"], res["mo4 log"] = S.stop_daemon(g, "mo4")
 
         # A real netlink overflow: the daemon stopped (SIGSTOP) while two DIMMs
-        # come and `udevadm trigger` sends a change event for every device.
+        # come and `udevadm trigger` sends change events for every device.
         S.start_daemon(g, "--receive-buffer-mib 1 run", name="mo5")
         g.sh("kill -STOP $(cat /run/mo5.pid)")
         for i in range(2):
@@ -99,7 +99,8 @@ def lifecycle(suite):
         res["kernel's answer for the DIMMs"] = dict(
             (int(n), z) for n, z in (line.split()[:2] for line in g.sh(VALID_ZONES.format(
                 " ".join(str(d[0]) for d in dimms))).stdout.splitlines()))
-        g.sh("udevadm trigger; udevadm trigger")
+        # Thousands of uevents; the daemon's 1 MiB socket buffer (2 MiB as the kernel counts) overflows.
+        g.sh("for i in 1 2 3 4 5 6 7 8 9 10; do udevadm trigger; done")
         g.sh("kill -CONT $(cat /run/mo5.pid)")
         res["after overflow"] = S.wait_layout(g, S.all_online(count + 84), "the DIMMs online after the rescan")
         res["mo5 rc"], res["mo5 log"] = S.stop_daemon(g, "mo5")
@@ -145,3 +146,60 @@ def test_kill_restart_trigger_and_reused_indexes(suite):
     for dimm in res["dimms"]:
         zones = {res["after overflow"][n] for n in dimm}
         assert zones == {res["kernel's answer for the DIMMs"][dimm[0]]}, (dimm[0], zones, res["mo5 log"][-3000:])
+
+
+EINJ = "/sys/kernel/debug/notifier-error-inject/memory/actions/MEM_GOING_ONLINE/error"
+PARAMS = "/sys/module/memory_hotplug/parameters"
+
+
+def refused_onlines_and_kernel_mode(suite):
+    res = {}
+    with S.boot(suite, "memonlined", "refusals", qemu_opts=S.virtio_mem_opts("vm0", 8 * GiB)) as g:
+        g.sh("modprobe virtio_mem && modprobe memory-notifier-error-inject && "
+             "(mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug)")
+        count = S.base_blocks(g)
+        # Every online refused by the kernel (-EBUSY from a memory notifier).
+        g.sh(f"echo -16 > {EINJ}")
+        S.start_daemon(g, "run", name="mo1")
+        S.resize(g, "vm0", 256 << 20)
+        S.wait_layout(g, lambda lay: len(lay) == count + 2, "two virtio-mem blocks")
+        time.sleep(3)
+        res["refused"] = S.layout(g)
+        r = g.sh("/run/mo online", check=False)
+        res["one-shot rc"], res["one-shot err"] = r.returncode, r.stderr
+        g.sh(f"echo 0 > {EINJ}")
+        g.sh("udevadm trigger --action=add --subsystem-match=memory")   # what retries them
+        res["retried"] = S.wait_layout(g, S.all_online(count + 2), "the refused blocks online once allowed")
+        res["mo1 rc"], res["mo1 log"] = S.stop_daemon(g, "mo1")
+
+        # Kernel mode, and a reload with another ratio.
+        g.sh("printf '[daemon]\\nmode = kernel\\n' > /run/k.conf")
+        S.start_daemon(g, "--config /run/k.conf run", name="mo2")
+        res["kernel mode"] = g.sh(f"cat {PARAMS}/online_policy {PARAMS}/auto_movable_ratio "
+                                  "/sys/devices/system/memory/auto_online_blocks").stdout.split()
+        g.sh("printf '[daemon]\\nmode = kernel\\n[policy]\\nratio = 100\\n' > /run/k.conf && kill -HUP $(cat /run/mo2.pid)")
+        deadline = time.monotonic() + 30
+        while (ratio := g.sh(f"cat {PARAMS}/auto_movable_ratio").stdout.strip()) != "100" \
+                and time.monotonic() < deadline:
+            time.sleep(0.5)
+        res["ratio after reload"] = ratio
+        res["mo2 rc"], res["mo2 log"] = S.stop_daemon(g, "mo2")
+    return res
+
+
+@pytest.mark.parametrize("suite", ["bookworm"])
+def test_refused_onlines_and_kernel_mode_reload(suite):
+    res = refused_onlines_and_kernel_mode(suite)
+    log = res["mo1 log"]
+    assert res["mo1 rc"] == 0 and "Traceback" not in log, log[-3000:]
+    # Both writes refused: the blocks stay offline, one warning and one error each, nothing else.
+    assert [z for n, z in sorted(res["refused"].items())][-2:] == [None, None], S.summary(res["refused"])
+    assert log.count("online_movable failed (EBUSY); falling back to online_kernel") == 2, log[-3000:]
+    assert log.count("online_kernel failed (EBUSY); the block stays offline") == 2, log[-3000:]
+    assert res["one-shot rc"] == 1 and "Traceback" not in res["one-shot err"], res["one-shot err"]
+    assert "online_kernel failed (EBUSY)" in res["one-shot err"], res["one-shot err"]
+    assert set(z for z in res["retried"].values()) <= {"none", "DMA32", "Normal", "Movable"}
+    # Kernel mode: the kernel's policy configured, and a reload's ratio written to it.
+    assert res["kernel mode"] == ["auto-movable", "301", "online"], res["kernel mode"]
+    assert res["ratio after reload"] == "100", res["mo2 log"][-3000:]
+    assert res["mo2 rc"] == 0 and "Traceback" not in res["mo2 log"], res["mo2 log"][-3000:]

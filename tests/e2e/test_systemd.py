@@ -3,10 +3,10 @@
 A debootstrap'ed Debian root, bookworm (6.1, Python 3.11) and bullseye (5.10,
 Python 3.9, no memory_hotplug parameters: the unit must start there too)
 (tests/e2e/systemd_image.sh, cached under /var/cache/memonlined-e2e/systemd-root-SUITE)
-gets this checkout's memonlined
-in /usr/local (Debian's python3-pyudev, -psutil, -systemd), the unit
-systemd/memonlined.service unchanged (ExecStart=/usr/local/bin/memonlined run)
-and a oneshot check unit that reports on the serial console. QEMU boots it
+gets this checkout's Debian package (packaging/build-deb.sh), installed with
+apt in a chroot (Debian's python3-pyudev, -psutil, -systemd are in the root
+already), which enables the shipped unit, and a oneshot check unit that
+reports on the serial console. QEMU boots it
 directly (TCG); the test hot-plugs a 4 GiB DIMM over QMP once the check unit
 says memonlined is active. The heaviest e2e test (first run: about 1.5 min
 more to build the root); MEMONLINED_E2E_SYSTEMD=0 leaves it out.
@@ -92,13 +92,6 @@ journalctl -u memonlined --no-pager | tail -n 100
 echo "E2E-LOG-END"
 """ % (S.LAYOUT, DECISION_ID)
 
-ENTRY = """#!/usr/bin/python3
-import sys
-from memonlined.cli import main
-sys.exit(main())
-"""
-
-
 @pytest.fixture(scope="session", params=["bookworm", "bullseye"])
 def systemd_root(request, e2e_ready):
     suite = request.param
@@ -109,28 +102,45 @@ def systemd_root(request, e2e_ready):
     return os.path.join(CACHE, f"systemd-root-{suite}")
 
 
-def install(root):
-    """This checkout's memonlined, the shipped unit and the check unit into ROOT."""
-    site = glob.glob(os.path.join(root, "usr/lib/python3.*"))[0].replace("/usr/lib/", "/usr/local/lib/")
-    dest = os.path.join(site, "dist-packages", "memonlined")
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(os.path.join(REPO, "memonlined"), dest, ignore=shutil.ignore_patterns("__pycache__"))
-    files = {"usr/local/bin/memonlined": (ENTRY, 0o755), "usr/local/bin/e2e-check": (CHECK, 0o755),
-             "etc/systemd/system/e2e-check.service": (CHECK_UNIT, 0o644)}
-    with open(os.path.join(REPO, "systemd/memonlined.service")) as f:
-        files["etc/systemd/system/memonlined.service"] = (f.read(), 0o644)
+@pytest.fixture(scope="session")
+def deb(e2e_ready):
+    """The Debian package of this checkout (packaging/build-deb.sh)."""
+    p = subprocess.run(["bash", os.path.join(REPO, "packaging/build-deb.sh")], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True)
+    if p.returncode:
+        pytest.fail(f"packaging/build-deb.sh failed:\n{p.stdout[-3000:]}", pytrace=False)
+    return os.path.join(REPO, p.stdout.split()[-1])
+
+
+def install(root, deb):
+    """The package, with apt in a chroot (its dependencies are in the root
+    already: no network), and the check unit into ROOT."""
+    # What an earlier version of this test put in /usr/local must not run instead.
+    for old in glob.glob(os.path.join(root, "usr/local/lib/python3*/dist-packages/memonlined")):
+        shutil.rmtree(old)
+    for old in ("usr/local/bin/memonlined", "etc/systemd/system/memonlined.service",
+                "etc/systemd/system/sysinit.target.wants/memonlined.service"):
+        if os.path.lexists(os.path.join(root, old)):
+            os.unlink(os.path.join(root, old))
+    shutil.copy(deb, os.path.join(root, "tmp/memonlined.deb"))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
+    p = subprocess.run(["chroot", root, "apt-get", "install", "-y", "-q", "--reinstall", "--no-download",
+                        "/tmp/memonlined.deb"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    os.unlink(os.path.join(root, "tmp/memonlined.deb"))
+    assert p.returncode == 0, f"apt-get install of the package in the {root} chroot failed:\n{p.stdout[-3000:]}"
+    assert os.path.lexists(os.path.join(root, "etc/systemd/system/sysinit.target.wants/memonlined.service")), \
+        "installing the package did not enable the service"
+    files = {"usr/local/bin/e2e-check": (CHECK, 0o755), "etc/systemd/system/e2e-check.service": (CHECK_UNIT, 0o644)}
     for rel, (text, mode) in files.items():
         path = os.path.join(root, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(text)
         os.chmod(path, mode)
-    for target, unit in (("sysinit.target", "memonlined.service"), ("multi-user.target", "e2e-check.service")):
-        wants = os.path.join(root, "etc/systemd/system", target + ".wants")
-        os.makedirs(wants, exist_ok=True)
-        link = os.path.join(wants, unit)
-        if not os.path.lexists(link):
-            os.symlink(f"/etc/systemd/system/{unit}", link)
+    wants = os.path.join(root, "etc/systemd/system/multi-user.target.wants")
+    os.makedirs(wants, exist_ok=True)
+    if not os.path.lexists(os.path.join(wants, "e2e-check.service")):
+        os.symlink("/etc/systemd/system/e2e-check.service", os.path.join(wants, "e2e-check.service"))
 
 
 def section(text, name):
@@ -151,9 +161,9 @@ def journal_entries(text):
     return entries
 
 
-def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root):
+def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root, deb):
     t0 = time.monotonic()
-    install(systemd_root)
+    install(systemd_root, deb)
     work = tempfile.mkdtemp(prefix="memonlined-e2e-sd-", dir="/tmp")
     proc = None
     try:
