@@ -1,5 +1,5 @@
 #!/bin/bash
-# A Debian root (SUITE: bookworm by default, bullseye) with systemd as init,
+# A Debian root (SUITE: bookworm by default, bullseye, trixie) with systemd as init,
 # for the systemd-unit test (test_systemd.py), built once with debootstrap and
 # cached (about 1.5 min, 820 MB). memonlined itself is copied in by the test
 # on every run.

@@ -1,6 +1,6 @@
 """Scenario 8: the shipped systemd unit in a guest with systemd as init.
 
-A debootstrap'ed Debian root, bookworm (6.1, Python 3.11) and bullseye (5.10,
+A debootstrap'ed Debian root: bookworm (6.1, Python 3.11), trixie (6.12, 3.13), bullseye (5.10,
 Python 3.9, no memory_hotplug parameters: the unit must start there too)
 (tests/e2e/systemd_image.sh, cached under /var/cache/memonlined-e2e/systemd-root-SUITE)
 gets this checkout's Debian package (packaging/build-deb.sh), installed with
@@ -71,6 +71,18 @@ echo "E2E-LAYOUT-BEGIN"
 %s
 echo "E2E-LAYOUT-END"
 echo "E2E-STATUS2 $(show)"
+# A broken configuration on reload: the old one stays, and the journal says so.
+cp /etc/memonlined/memonlined.conf /run/good.conf
+printf '[policy]\nratio = lots\n' > /etc/memonlined/memonlined.conf
+systemctl reload memonlined
+cp /run/good.conf /etc/memonlined/memonlined.conf
+echo "E2E-RELOADED $(show)"
+# An administrator offlines a block; the package is upgraded while memory is plugged.
+echo offline > memory40/state
+pid0=$(systemctl show -p MainPID --value memonlined)
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q /root/memonlined-upgrade.deb >/run/upgrade.log 2>&1; echo "E2E-UPGRADE-RC $?"
+i=0; while ! systemctl is-active -q memonlined && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
+echo "E2E-UPGRADED $(dpkg-query -W -f='${Version}' memonlined) $pid0 $(systemctl show -p MainPID --value memonlined) $(cat memory40/state) $(cat memory[0-9]*/state | grep -c offline)"
 # A kernel that onlines by itself; the watchdog finds memonlined hung.
 echo online > auto_online_blocks
 mkdir -p /run/systemd/system/memonlined.service.d
@@ -92,7 +104,7 @@ journalctl -u memonlined --no-pager | tail -n 100
 echo "E2E-LOG-END"
 """ % (S.LAYOUT, DECISION_ID)
 
-@pytest.fixture(scope="session", params=["bookworm", "bullseye"])
+@pytest.fixture(scope="session", params=["bookworm", "bullseye", "trixie"])
 def systemd_root(request, e2e_ready):
     suite = request.param
     p = subprocess.run(["bash", os.path.join(HERE, "systemd_image.sh"), suite], stdout=subprocess.PIPE,
@@ -102,17 +114,25 @@ def systemd_root(request, e2e_ready):
     return os.path.join(CACHE, f"systemd-root-{suite}")
 
 
-@pytest.fixture(scope="session")
-def deb(e2e_ready):
-    """The Debian package of this checkout (packaging/build-deb.sh)."""
+def build_deb(version=None):
+    env = dict(os.environ, MEMONLINED_DEB_VERSION=version or "")
     p = subprocess.run(["bash", os.path.join(REPO, "packaging/build-deb.sh")], stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT, text=True)
+                       stderr=subprocess.STDOUT, text=True, env=env)
     if p.returncode:
         pytest.fail(f"packaging/build-deb.sh failed:\n{p.stdout[-3000:]}", pytrace=False)
-    return os.path.join(REPO, p.stdout.split()[-1])
+    want = f"_{version}_" if version else None
+    debs = [w for w in p.stdout.split() if w.endswith(".deb") and (want is None or want in w)]
+    return os.path.join(REPO, debs[-1])
 
 
-def install(root, deb):
+@pytest.fixture(scope="session")
+def deb(e2e_ready):
+    """The Debian package of this checkout (packaging/build-deb.sh), and the
+    same rebuilt at a higher version for the upgrade."""
+    return build_deb(), build_deb("99.0")
+
+
+def install(root, debs):
     """The package, with apt in a chroot (its dependencies are in the root
     already: no network), and the check unit into ROOT."""
     # What an earlier version of this test put in /usr/local must not run instead.
@@ -122,9 +142,15 @@ def install(root, deb):
                 "etc/systemd/system/sysinit.target.wants/memonlined.service"):
         if os.path.lexists(os.path.join(root, old)):
             os.unlink(os.path.join(root, old))
+    deb, upgrade = debs
     shutil.copy(deb, os.path.join(root, "tmp/memonlined.deb"))
+    shutil.copy(upgrade, os.path.join(root, "root/memonlined-upgrade.deb"))  # installed in the guest
     env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C"}
-    p = subprocess.run(["chroot", root, "apt-get", "install", "-y", "-q", "--reinstall", "--no-download",
+    # A fresh install each time (the root is cached): purge what an earlier run installed.
+    subprocess.run(["chroot", root, "dpkg", "--purge", "memonlined"], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, env=env)
+    assert not os.path.exists(os.path.join(root, "etc/memonlined")), "purging left /etc/memonlined"
+    p = subprocess.run(["chroot", root, "apt-get", "install", "-y", "-q", "--reinstall",
                         "/tmp/memonlined.deb"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     os.unlink(os.path.join(root, "tmp/memonlined.deb"))
     assert p.returncode == 0, f"apt-get install of the package in the {root} chroot failed:\n{p.stdout[-3000:]}"
@@ -225,6 +251,14 @@ def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root, deb):
         assert e.get("RESULT") == "onlined", e
 
     log = section(out, "LOG")
+    assert "keeping the configuration in force" in log and "ratio" in log, log
+    assert "ActiveState=active" in re.search(r"E2E-RELOADED (.*)", out).group(1), out[-3000:]
+    # The upgrade: installed, the daemon restarted, the administrator's block left offline, nothing else offline.
+    assert re.search(r"E2E-UPGRADE-RC 0", out), out[-3000:]
+    version, pid0, pid1, state40, offline = re.search(r"E2E-UPGRADED (\S+) (\d+) (\d+) (\S+) (\d+)", out).groups()
+    assert version == "99.0" and pid0 != pid1, (version, pid0, pid1)
+    assert state40 == "offline" and offline == "1", (state40, offline, log)
+    assert "leaving 1 offline blocks alone that were online before (offlined by an administrator): 40" in log, log
     assert re.search(r"E2E-AO-RUNNING offline", out), out[-5000:]
     restarted = re.search(r"E2E-AO-RESTARTED (\d+) (\S+)", out)
     assert restarted and int(restarted.group(1)) >= 1 and restarted.group(2) == "offline", (restarted, log)
