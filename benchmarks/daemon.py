@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
 from fakekernel import FakeKernel  # noqa: E402
-from fakemonitor import FakeMonitor  # noqa: E402
+from fakemonitor import FakeMonitor, FakeSystemd  # noqa: E402
 from memonlined.backend import Backend  # noqa: E402
 from memonlined.daemon import Daemon  # noqa: E402
 from memonlined.policy import Settings  # noqa: E402
@@ -69,9 +69,10 @@ def latency(root: str) -> None:
     monitor = TimedMonitor(kernel)
     monitor.added = {}
     settings = Settings()
-    notes = []
-    daemon = Daemon(backend, settings, monitor, reload=lambda: settings, notify=notes.append,
-                    state_dir=os.path.join(root, "run"), settle=settings.settle_ms / 1000)
+    systemd = FakeSystemd()
+    notes = systemd.notes
+    daemon = Daemon(backend, settings, monitor, reload=lambda: settings, notifier=systemd,
+                    state_dir=os.path.join(root, "run"))
 
     singles = []
 

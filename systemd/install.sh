@@ -3,8 +3,8 @@
 # the Debian package (packaging/build-deb.sh) does not fit:
 #   sudo systemd/install.sh [PYTHON]
 # Its dependencies come from the distribution where it has them (Debian and
-# Ubuntu: python3-pyudev, python3-systemd, python3-psutil; Fedora and RHEL:
-# the same names): no compiler. Only where it has none does pip build
+# Ubuntu: python3-pyudev, python3-systemd; Fedora and RHEL: the same
+# names): no compiler. Only where it has none does pip build
 # systemd-python, which needs a compiler and libsystemd's headers; the script
 # says which it does. memonlined goes into a virtualenv in /opt/memonlined
 # (seeing the system's packages); the unit, with ExecStart pointing there,
@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-python3}
-DEPS=(python3-pyudev python3-systemd python3-psutil)
+DEPS=(python3-pyudev python3-systemd)
 
 from_distribution() {
     if command -v apt-get >/dev/null && apt-cache show "${DEPS[@]}" >/dev/null 2>&1; then

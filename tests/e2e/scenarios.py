@@ -62,7 +62,7 @@ def bundle():
             os.close(fd)
             with tarfile.open(path, "w") as tar:
                 tar.add(os.path.join(REPO, "memonlined"), "memonlined")
-                for name in ("pyudev", "psutil", "systemd"):
+                for name in ("pyudev", "systemd"):
                     src = os.path.join(site[0], name)
                     if not os.path.exists(src):
                         raise GuestError(f"{src} missing: pip install -e '.[daemon]' into .venv")
@@ -492,6 +492,38 @@ def virtio_mem_bbm(suite, mode, grow=16 * GiB):
         res["probe"] = g.sh("dmesg | grep -i 'virtio_mem' | grep -i 'block size' || true").stdout
         if mode == "memonlined":
             res["rc"], res["log"] = stop_daemon(g)
+    return res
+
+
+FLOOD = r'''
+echo on > /proc/sys/kernel/printk_devkmsg   # no rate limit on writes to /dev/kmsg
+i=0
+while dmesg | grep -q 'virtio_mem virtio' && [ $i -lt 40 ]; do
+    j=0
+    while [ $j -lt 500 ]; do
+        echo "memonlined e2e: flooding the kernel log ($i.$j) ................................................" > /dev/kmsg
+        j=$((j + 1))
+    done
+    i=$((i + 1))
+done
+dmesg | grep -c 'virtio_mem virtio' || true
+'''
+
+
+def virtio_mem_bbm_wrapped(suite, grow=16 * GiB, first=2 * GiB):
+    """virtio_mem_bbm's growth with a restart in the middle, after the kernel
+    log has wrapped: the probe lines are gone when the second daemon starts."""
+    res = {}
+    with boot(suite, "memonlined", "virtio-mem-bbm-wrapped",
+              qemu_opts=virtio_mem_opts("vm0", 16 * GiB, block_size="1G")) as g:
+        grow_virtio_mem(g, "memonlined", first)
+        res["rc1"], res["log1"] = stop_daemon(g)
+        res["probe lines left"] = int(g.sh(FLOOD, timeout=600).stdout.split()[-1])
+        start_daemon(g, f"{memonlined_args()} run", name="mo2")
+        count = base_blocks(g)
+        resize(g, "vm0", grow)
+        res["grown"] = wait_layout(g, all_online(count + (grow - first) // BLOCK), "virtio-mem memory online")
+        res["rc"], res["log"] = stop_daemon(g, "mo2")
     return res
 
 

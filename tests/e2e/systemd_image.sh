@@ -19,7 +19,7 @@ if ! command -v debootstrap >/dev/null; then
 fi
 rm -rf "$ROOT.tmp"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,python3,python3-pyudev,python3-psutil,python3-systemd,kmod,linux-image-amd64,initramfs-tools \
+    --include=systemd-sysv,udev,python3,python3-pyudev,python3-systemd,procps,kmod,linux-image-amd64,initramfs-tools \
     "$SUITE" "$ROOT.tmp" "$MIRROR" || die "debootstrap $SUITE"
 ls "$ROOT.tmp"/boot/vmlinuz-* "$ROOT.tmp"/boot/initrd.img-* >/dev/null || die "no kernel or initrd in the root"
 echo "/dev/vda / ext4 defaults 0 1" >"$ROOT.tmp/etc/fstab"

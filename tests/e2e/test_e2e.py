@@ -172,6 +172,21 @@ def test_virtio_mem_big_block_mode(suite, oracles):
     assert_same(mine, kernel, "grown", suite, mine["log"])
 
 
+@pytest.mark.oracle("virtio-mem-bbm")
+@pytest.mark.parametrize("suite", ["bookworm"])
+def test_virtio_mem_big_block_mode_after_the_kernel_log_wrapped(suite, oracles):
+    """The same growth with the daemon restarted halfway, after the kernel log
+    was flooded until the virtio_mem probe lines were gone: the unit learned
+    before the restart is kept (the lifecycle issue's defect 9)."""
+    mine = S.virtio_mem_bbm_wrapped(suite)
+    kernel = oracles.result("virtio-mem-bbm", suite)
+    check_daemon(mine)
+    assert mine["rc1"] == 0, mine["log1"][-3000:]
+    assert mine["probe lines left"] == 0, "the flood did not push the probe lines out of the kernel log"
+    assert "probe lines are not in the kernel log" not in mine["log"], mine["log"][-3000:]
+    assert_same(mine, kernel, "grown", suite, mine["log"])
+
+
 @pytest.mark.oracle("dax-kmem")
 @pytest.mark.parametrize("suite", WITH_5_10)
 def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):

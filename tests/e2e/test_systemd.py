@@ -75,6 +75,7 @@ echo "E2E-STATUS2 $(show)"
 cp /etc/memonlined/memonlined.conf /run/good.conf
 printf '[policy]\nratio = lots\n' > /etc/memonlined/memonlined.conf
 systemctl reload memonlined
+i=0; while ! journalctl -u memonlined | grep -q "keeping the configuration in force" && [ $i -lt 60 ]; do sleep 0.5; i=$((i + 1)); done
 cp /run/good.conf /etc/memonlined/memonlined.conf
 echo "E2E-RELOADED $(show)"
 # An administrator offlines a block; the package is upgraded while memory is plugged.
@@ -150,6 +151,10 @@ def install(root, debs):
     subprocess.run(["chroot", root, "dpkg", "--purge", "memonlined"], stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, env=env)
     assert not os.path.exists(os.path.join(root, "etc/memonlined")), "purging left /etc/memonlined"
+    # The chroot reaches the archive (the guest does not): what the package needs and the root lacks.
+    p = subprocess.run(["chroot", root, "apt-get", "update", "-q"], stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT, text=True, env=env)
+    assert p.returncode == 0, f"apt-get update in the {root} chroot failed:\n{p.stdout[-3000:]}"
     p = subprocess.run(["chroot", root, "apt-get", "install", "-y", "-q", "--reinstall",
                         "/tmp/memonlined.deb"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     os.unlink(os.path.join(root, "tmp/memonlined.deb"))
