@@ -19,7 +19,7 @@ trap 'die "command failed at line $LINENO: $BASH_COMMAND"' ERR
 mkdir -p "$CACHE"
 
 need=()
-for pkg in qemu-system-x86 kmod udev busybox-static ndctl daxctl; do
+for pkg in qemu-system-x86 kmod udev busybox-static ndctl daxctl bc; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -79,4 +79,23 @@ for suite in "${SUITES[@]}"; do
     json+="${json:+,}\"$suite\": {\"version\": \"$version\", \"vmlinuz\": \"$vmlinuz\"}"
 done
 echo "{$json}" >"$CACHE/kernels.json"
+
+# The kernel's own memory-hotplug selftest, from Debian's linux-source package
+# (bookworm's, through the host's apt), for test_lifecycle.py.
+selftest=$CACHE/selftest/mem-on-off-test.sh
+if [ ! -f "$selftest" ]; then
+    rm -rf "$CACHE/selftest" && mkdir -p "$CACHE/selftest" && cd "$CACHE/selftest"
+    source_pkg() { apt-cache depends linux-source 2>/dev/null | sed -n 's/^ *Depends: \(linux-source-[0-9][^ ]*\)$/\1/p' | head -1; }
+    pkg=$(source_pkg || true)
+    [ -n "$pkg" ] || { apt-get update -q || die "apt-get update"; pkg=$(source_pkg || true); }
+    [ -n "$pkg" ] || die "no linux-source package found"
+    apt-get download -q "$pkg" || die "apt-get download $pkg"
+    dpkg-deb --fsys-tarfile "$pkg"_*.deb | tar -x --wildcards './usr/src/linux-source-*.tar.xz'
+    tar -xJf usr/src/linux-source-*.tar.xz --wildcards '*/tools/testing/selftests/memory-hotplug/mem-on-off-test.sh'
+    mv linux-source-*/tools/testing/selftests/memory-hotplug/mem-on-off-test.sh "$selftest.tmp"
+    rm -rf usr linux-source-* "$pkg"_*.deb
+    mv "$selftest.tmp" "$selftest"
+    cd "$REPO"
+fi
+echo "e2e: the kernel's memory-hotplug selftest: $selftest"
 echo "e2e: wrote $CACHE/kernels.json"

@@ -5,6 +5,8 @@ administrator offlined; a virtio-mem device shrunk and grown again while the
 daemon is stopped (blocks re-added at reused indexes: new sysfs
 directories, checked here by their inode numbers); a real netlink overflow
 and the rescan after it."""
+import os
+import shutil
 import time
 
 import pytest
@@ -203,3 +205,35 @@ def test_refused_onlines_and_kernel_mode_reload(suite):
     assert res["kernel mode"] == ["auto-movable", "301", "online"], res["kernel mode"]
     assert res["ratio after reload"] == "100", res["mo2 log"][-3000:]
     assert res["mo2 rc"] == 0 and "Traceback" not in res["mo2 log"], res["mo2 log"][-3000:]
+
+
+SELFTEST = "/var/cache/memonlined-e2e/selftest/mem-on-off-test.sh"
+
+
+def kernel_selftest(suite):
+    res = {}
+    with S.boot(suite, "memonlined", "selftest") as g:
+        shutil.copy(SELFTEST, os.path.join(g.share, "mem-on-off-test.sh"))
+        count = S.base_blocks(g)
+        S.start_daemon(g, "run", name="mo1")
+        g.add_dimm("d0", 4 * GiB)
+        res["before"] = S.wait_layout(g, S.all_online(count + 32, 32), "the DIMM online")
+        # 2% of the hot-pluggable blocks (its kselftest default) offlined and onlined again, then with
+        # notifier error injection: memonlined must leave every block it offlines alone.
+        r = g.sh(f"bash {g.share}/mem-on-off-test.sh", check=False, timeout=600)
+        res["selftest rc"], res["selftest out"] = r.returncode, r.stdout + r.stderr
+        res["after"] = S.layout(g)
+        res["mo1 rc"], res["mo1 log"] = S.stop_daemon(g, "mo1")
+    return res
+
+
+@pytest.mark.parametrize("suite", ["bookworm"])
+def test_the_kernels_memory_hotplug_selftest_passes_while_memonlined_runs(suite):
+    res = kernel_selftest(suite)
+    assert res["selftest rc"] == 0, res["selftest out"][-4000:] + "\n" + res["mo1 log"][-3000:]
+    assert "offline->online" in res["selftest out"] and "-> Success" in res["selftest out"], res["selftest out"]
+    log = res["mo1 log"]
+    assert res["mo1 rc"] == 0 and "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    after_ready = log.split("onlined to", 32)[-1]     # past the DIMM's 32 decisions
+    assert "onlined to" not in after_ready and "onlined by someone else" not in log, log[-3000:]
+    assert None not in res["after"].values()         # the selftest put everything back online
