@@ -7,6 +7,7 @@ as /proc/zoneinfo missing or garbled: nothing was written).
 """
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -209,10 +210,8 @@ def cmd_status(backend: B.Backend, machine: Machine, settings: Settings, as_json
               "numa_aware": settings.numa_aware,
               "movable_headroom_mib": mib(movable_headroom(machine, settings, nid))}
              for nid, n in sorted(machine.nodes.items())]
-    choices = {d.block: d.zone for d in Planner(machine, settings).plan()}
-    # plan() moved the model forward; undo it so the table shows what is.
-    for index in choices:
-        machine.remove_online(machine.blocks[index])
+    # The planner's what-if runs on a copy: the table shows what is.
+    choices = {d.block: d.zone for d in Planner(copy.deepcopy(machine), settings).plan()}
     ranges = _ranges(machine, choices)
     usage = memory_now(backend)
     if as_json:

@@ -33,5 +33,7 @@ fi
 (cd "$work/src" && dpkg-buildpackage -us -uc -b >"$work/build.log" 2>&1) ||
     { tail -40 "$work/build.log" >&2; echo "build-deb.sh: dpkg-buildpackage failed" >&2; exit 1; }
 mkdir -p dist
-cp "$work"/*.deb dist/
-ls dist/*.deb
+for deb in "$work"/*.deb; do
+    cp "$deb" dist/
+    echo "dist/${deb##*/}"
+done

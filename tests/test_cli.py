@@ -118,3 +118,18 @@ def test_overrides_by_kind_and_by_device(tmp_path):
     layout = kernel.layout()
     assert [layout[i] for i in (48, 56)] == ["Normal", "Movable"]
     assert {layout[i] for i in kernel.devices[vm].blocks} == {"Movable"}
+
+
+def test_status_plans_on_a_copy_and_leaves_the_model_as_it_is(tmp_path, capsys):
+    from memonlined.cli import cmd_status
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    kernel.add_dimm(GiB)
+    backend = Backend(kernel.root)
+    machine = discover(backend)
+    before = {i: (b.state, b.valid_zones) for i, b in machine.blocks.items()}
+    nodes = {n: vars(s).copy() for n, s in machine.nodes.items()}
+    assert cmd_status(backend, machine, Settings(), as_json=True) == 0
+    assert {i: (b.state, b.valid_zones) for i, b in machine.blocks.items()} == before
+    assert {n: vars(s) for n, s in machine.nodes.items()} == nodes
+    rows = [r for r in json.loads(capsys.readouterr().out)["memory"] if r["block"] == "48-55"]
+    assert rows[0]["state"] == "offline" and rows[0]["choice"] == "Movable"

@@ -483,6 +483,28 @@ def numa2(suite, mode, numa_aware, sizes=(1 * GiB, 8 * GiB)):
     return res
 
 
+def numa_empty_node(suite, mode):
+    """Node 2 has neither CPUs nor memory at boot (as CXL and far-memory
+    nodes); QEMU's SRAT gives it the hot-plug range, so it is possible. A
+    virtio-mem device and then a DIMM on it bring it online."""
+    res = {}
+    opts = ["-numa node,nodeid=2", *virtio_mem_opts("vm2", 8 * GiB, node=2)]
+    with boot(suite, mode, "numa-empty-node", cpus=2, numa=NUMA2, qemu_opts=opts) as g:
+        res["nodes at boot"] = g.sh("cat /sys/devices/system/node/online /sys/devices/system/node/possible").stdout
+        if mode == "memonlined":
+            start_daemon(g, f"{memonlined_args()} run")
+        count = base_blocks(g)
+        g.sh("modprobe virtio_mem")
+        resize(g, "vm2", GiB)
+        res["virtio-mem grown"] = wait_layout(g, all_online(count + 8), "vm2 online")
+        g.add_dimm("d0", 2 * GiB, node=2)
+        res["dimm added"] = wait_layout(g, all_online(count + 24, 16), "the DIMM online")
+        res["nodes"] = g.sh("cat /sys/devices/system/node/online").stdout
+        if mode == "memonlined":
+            res["rc"], res["log"] = stop_daemon(g)
+    return res
+
+
 # -- scenario 5: virtio-mem in big-block mode ---------------------------------------
 
 def virtio_mem_bbm(suite, mode, grow=16 * GiB):
@@ -617,6 +639,7 @@ ORACLES = {
     "numa2-numa": (numa2, {"numa_aware": True}),
     "numa2-nonuma": (numa2, {"numa_aware": False}),
     "virtio-mem-bbm": (virtio_mem_bbm, {}),
+    "numa-empty-node": (numa_empty_node, {}),
     "dax-kmem": (dax_kmem, {}),
 }
 

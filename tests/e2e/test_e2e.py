@@ -187,6 +187,19 @@ def test_virtio_mem_big_block_mode_after_the_kernel_log_wrapped(suite, oracles):
     assert_same(mine, kernel, "grown", suite, mine["log"])
 
 
+@pytest.mark.oracle("numa-empty-node")
+@pytest.mark.parametrize("suite", ["bookworm"])
+def test_a_node_without_cpus_or_memory_at_boot_receives_virtio_mem_and_a_dimm(suite, oracles):
+    """The lifecycle issue's defect 4 in a real kernel: memory on a node that
+    came online after memonlined started."""
+    mine = S.numa_empty_node(suite, "memonlined")
+    kernel = oracles.result("numa-empty-node", suite)
+    check_daemon(mine)
+    assert "2" not in mine["nodes at boot"].split("\n")[0] and "2" in mine["nodes"], (mine["nodes at boot"], mine["nodes"])
+    assert_same(mine, kernel, "virtio-mem grown", suite, mine["log"])
+    assert_same(mine, kernel, "dimm added", suite, mine["log"])
+
+
 @pytest.mark.oracle("dax-kmem")
 @pytest.mark.parametrize("suite", WITH_5_10)
 def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
