@@ -14,7 +14,7 @@ import bisect
 import logging
 import os
 import re
-from typing import Dict, List, Optional, Set, Tuple
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from . import backend as B
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
@@ -48,8 +48,16 @@ def _read_optional(backend: B.Backend, rel: str) -> Optional[str]:
         return None
 
 
-def driver_resources(roots: List[Resource]) -> List[Tuple[int, int, str, str]]:
-    """(start, end exclusive, device, kind) of virtio-mem and dax/kmem regions, sorted.
+class DriverRange(NamedTuple):
+    """A virtio-mem or dax/kmem device's region in /proc/iomem."""
+    start: int
+    end: int        # exclusive
+    name: str       # virtioN, daxX.Y
+    kind: str       # VIRTIO_MEM or DAX
+
+
+def driver_resources(roots: List[Resource]) -> List[DriverRange]:
+    """The virtio-mem and dax/kmem regions, sorted.
     virtio-mem regions are top-level; dax/kmem ones sit under their parent
     ("Soft Reserved", a namespace), so the whole tree is searched."""
     out = []
@@ -57,9 +65,9 @@ def driver_resources(roots: List[Resource]) -> List[Tuple[int, int, str, str]]:
     while stack:
         res = stack.pop()
         if _VIRTIO.match(res.name):
-            out.append((res.start, res.end + 1, res.name, VIRTIO_MEM))
+            out.append(DriverRange(res.start, res.end + 1, res.name, VIRTIO_MEM))
         elif _DAX.match(res.name):
-            out.append((res.start, res.end + 1, res.name, DAX))
+            out.append(DriverRange(res.start, res.end + 1, res.name, DAX))
         else:
             stack.extend(res.children)
     return sorted(out)
@@ -77,7 +85,7 @@ def _overlaps(ranges: List[Tuple[int, int]], starts: List[int], start: int, end:
     return i >= 0 and ranges[i][1] > start
 
 
-def read_block(backend: B.Backend, index: int, node: Optional[int] = None):
+def read_block_files(backend: B.Backend, index: int, node: Optional[int] = None):
     """(state, valid_zones, node) of one block. Raises OSError (gone or
     unreadable) or ParseError (garbled); the caller says which file."""
     d = B.block_dir(index)
@@ -110,8 +118,8 @@ class Reader:
         self.facts = facts if facts is not None else {}
         self.boot_blocks: Set[int] = set()
         self.e820: Optional[List[Tuple[int, int]]] = None
-        self.drivers: List[Tuple[int, int, str, str]] = []
-        self.hotplug_ram: List[Tuple[int, int, str, str]] = []
+        self.drivers: List[DriverRange] = []
+        self.hotplug_ram: List[Tuple[int, int]] = []  # [start, end) of top-level System RAM not in E820
         self.probes = {}
         self._driver_starts: List[int] = []
         self._e820_starts: List[int] = []
@@ -137,7 +145,7 @@ class Reader:
                 raise SystemDataError(f"{self.backend.path(rel)}: {e}") from None
             self.e820 = sorted(e820)
         self.drivers = driver_resources(iomem)
-        self._driver_starts = [r[0] for r in self.drivers]
+        self._driver_starts = [r.start for r in self.drivers]
         # Top-level System RAM the boot E820 table does not list: hot-plugged
         # ranges (one per ACPI DIMM range; also Hyper-V and Xen balloon
         # memory, which is in no memory group).
@@ -166,7 +174,7 @@ class Reader:
         when it is gone, unreadable or garbled. NODE: its node if known."""
         machine = self.machine
         try:
-            state, valid_zones, node = read_block(self.backend, index, node)
+            state, valid_zones, node = read_block_files(self.backend, index, node)
         except FileNotFoundError as e:
             if not self.backend.exists(B.block_dir(index)):
                 return None  # removed while we looked (virtio-mem unplug): nothing to do
@@ -184,7 +192,7 @@ class Reader:
         start = index * machine.block_size
         res = _find(self.drivers, self._driver_starts, start)
         if res is not None:
-            group = machine.groups.get(res[2])
+            group = machine.groups.get(res.name)
             if group is None:
                 group = machine.add_group(self._driver_group(res, node))
             return Block(index, state, node, valid_zones, False, group)
@@ -251,7 +259,7 @@ class Reader:
         block_size = self.machine.block_size
         if kind == DAX:
             # One static group per dax device over all its ranges (dax/kmem.c).
-            size = sum(r[1] - r[0] for r in self.drivers if r[2] == name)
+            size = sum(r.end - r.start for r in self.drivers if r.name == name)
             return Group(name, DAX, node, dynamic=False, max_pages=size // self.machine.page_size)
         if name not in self.probes:
             self.read_probes()

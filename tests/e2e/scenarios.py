@@ -121,7 +121,7 @@ def daemon_log(g, name="mo"):
 # Builtins only inside the loop: every fork costs tens of ms under TCG.
 # "<block> <state> <fw if it has a firmware_node link, else -> <valid_zones>".
 # valid_zones is read only once the block's nodeK link exists ("-" before):
-# reading it earlier oopses the kernel (see memonlined/discover.py read_block).
+# reading it earlier oopses the kernel (see memonlined/discover.py read_block_files).
 LAYOUT = r'''
 cd /sys/devices/system/memory
 for d in memory[0-9]*; do
