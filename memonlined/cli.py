@@ -32,6 +32,11 @@ log = logging.getLogger("memonlined")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CONFIG, EXIT_SYSTEM = 0, 1, 2, 3, 4
 
+# What keeps the kernel from onlining memory before memonlined runs at boot.
+BOOT_OFFLINE_ADVICE = ("to keep the kernel from onlining memory itself before memonlined starts, boot with "
+                       "memhp_default_state=offline: add it to GRUB_CMDLINE_LINUX in /etc/default/grub, "
+                       "then run update-grub")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -302,6 +307,8 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
     print(f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}"
           + ("  <- the kernel onlines hot-plugged memory itself" if machine.auto_online_blocks not in
              (None, "offline") else ""))
+    if machine.auto_online_blocks not in (None, "offline"):
+        print("  " + BOOT_OFFLINE_ADVICE)
     print(f"configuration: {config_path or config.DEFAULT_PATH}"
           + ("" if config_path or os.path.exists(config.DEFAULT_PATH) else " (absent: built-in defaults)"))
     for name in config.KEYS:

@@ -143,7 +143,9 @@ class TakeOver:
             return self
         self.original = current
         log.info("took over from the kernel: auto_online_blocks was %s, set to offline "
-                 "(put back when memonlined stops)", current)
+                 "(put back when memonlined stops); memory added before this start was placed by the kernel: "
+                 "boot with memhp_default_state=offline (GRUB_CMDLINE_LINUX in /etc/default/grub, then "
+                 "update-grub) to have memonlined place it too", current)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -108,6 +108,16 @@ def test_kernel_auto_online_is_reported(tmp_path, caplog):
     assert "the kernel onlines hot-plugged memory itself (auto_online_blocks=online)" in caplog.text
 
 
+def test_doctor_tells_how_to_keep_the_kernel_from_racing_at_boot(tmp_path):
+    """Debian 13's kernel onlines memory itself by default."""
+    k = FakeKernel(tmp_path, auto_online="online")
+    rc, out = memonlined(k, "doctor")
+    assert rc == 0 and "boot with memhp_default_state=offline: add it to GRUB_CMDLINE_LINUX in " \
+                       "/etc/default/grub, then run update-grub" in out
+    k.set_param("auto_online_blocks", "offline")
+    assert "memhp_default_state" not in memonlined(k, "doctor")[1]
+
+
 # -- garbled input ---------------------------------------------------------
 
 def garble(kernel, rel, text):
