@@ -32,6 +32,7 @@ log = logging.getLogger("memonlined")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CONFIG, EXIT_SYSTEM = 0, 1, 2, 3, 4
 
+KERNEL_ONLINES = "the kernel onlines hot-plugged memory itself"
 # What keeps the kernel from onlining memory before memonlined runs at boot.
 BOOT_OFFLINE_ADVICE = ("to keep the kernel from onlining memory itself before memonlined starts, boot with "
                        "memhp_default_state=offline: add it to GRUB_CMDLINE_LINUX in /etc/default/grub, "
@@ -156,7 +157,7 @@ def _main(argv, backend, monitor, notifier) -> int:
 
 def _auto_online_note(machine: Machine) -> None:
     if machine.auto_online_blocks not in (None, "offline"):
-        log.warning("the kernel onlines hot-plugged memory itself (auto_online_blocks=%s): "
+        log.warning(KERNEL_ONLINES + " (auto_online_blocks=%s): "
                     "new blocks are online before memonlined sees them", machine.auto_online_blocks)
 
 
@@ -249,7 +250,7 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     if block is None:
         log.error("memory%d: no such block (or it was skipped)", index)
         return EXIT_USAGE
-    if block.state != "offline":
+    if block.online:
         text = f"memory{index} is {block.state} in {block.zone} ({block.device})"
         print(json.dumps({"block": index, "state": block.state, "zone": block.zone, "device": block.device})
               if as_json else text)
@@ -305,7 +306,7 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
               params.get("online_policy"), params.get("auto_movable_ratio"), params.get("auto_movable_numa_aware"))
              if "online_policy" in params else "no (before 5.15)"))
     print(f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}"
-          + ("  <- the kernel onlines hot-plugged memory itself" if machine.auto_online_blocks not in
+          + ("  <- " + KERNEL_ONLINES if machine.auto_online_blocks not in
              (None, "offline") else ""))
     if machine.auto_online_blocks not in (None, "offline"):
         print("  " + BOOT_OFFLINE_ADVICE)

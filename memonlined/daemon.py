@@ -17,7 +17,7 @@ from typing import List, Optional, Set
 
 from . import backend as B
 from .discover import SystemDataError, read_machine
-from .model import Machine
+from .model import Machine, format_runs
 from .notify import Systemd
 from .parse import format_size, parse_meminfo, ParseError
 from .planner import Planner
@@ -324,7 +324,7 @@ class Daemon:
 
     def status(self) -> str:
         m = self.machine
-        online = sum(1 for b in m.blocks.values() if b.state != "offline")
+        online = sum(1 for b in m.blocks.values() if b.online)
         usable = ""
         try:
             usable = f", {format_size(parse_meminfo(self.backend.read(B.MEMINFO))['MemTotal'])} usable"
@@ -348,7 +348,9 @@ class Daemon:
         for index in present:
             block = self.machine.blocks.get(index)
             instance = self.backend.block_instance(index)
-            if block is not None and block.state != "offline":
+            if block is not None:
+                block.instance = instance
+            if block is not None and block.online:
                 self.handled.mark(index, instance)
             elif block is not None and self.handled.same(index, instance):
                 left.append(index)
@@ -359,7 +361,7 @@ class Daemon:
             self.handled.forget(index)
         if left:
             log.info("leaving %d offline blocks alone that were online before (offlined by an administrator): %s",
-                     len(left), _ranges(left))
+                     len(left), format_runs(left))
         self.pending.deadline = now if self.pending else None
         self.handled.save()
         self._save_facts()
@@ -369,15 +371,19 @@ class Daemon:
         old = self.machine.blocks.pop(index, None)
         if old is not None:
             self.machine.remove_online(old)
+        # The instance first: if the block is replaced meanwhile, what was read
+        # belongs to the instance recorded, never the other way round.
+        instance = self.backend.block_instance(index)
         block = self.reader.read_block(index)
         if block is None:
             if old is not None:
                 self._gone(old)
             return
+        block.instance = instance
         self.machine.blocks[index] = block
-        if block.state != "offline":
+        if block.online:
             self.machine.add_online(block, block.zone)
-            self.handled.mark(index, self.backend.block_instance(index))
+            self.handled.mark(index, instance)
 
     # -- events -----------------------------------------------------------
 
@@ -397,7 +403,7 @@ class Daemon:
             if index in self.pending:
                 return  # the batch will read it
             block = self.machine.blocks.get(index)
-            if block is not None and action != "change" and (block.state == "offline") == (action == "offline"):
+            if block is not None and action != "change" and (not block.online) == (action == "offline"):
                 return  # the model says so already: memonlined made this change itself
             self.refresh(index)
         elif action == "remove":
@@ -434,7 +440,7 @@ class Daemon:
         # come after all its blocks): read the batch again a little later.
         blocks = self.machine.blocks
         waiting = [i for i in batch if (i not in blocks and self.backend.exists(B.block_dir(i)))
-                   or (i in blocks and blocks[i].state == "offline" and self.reader.unlinked(blocks[i]))]
+                   or (i in blocks and not blocks[i].online and self.reader.unlinked(blocks[i]))]
         if waiting and self.pending.wait_again(batch, time.monotonic()):
             self.machine.warnings.clear()
             return
@@ -444,13 +450,13 @@ class Daemon:
         self.machine.warnings.clear()
         for index in batch:
             block = blocks.get(index)
-            if block is not None and block.state != "offline" and self.kernel_mode:
+            if block is not None and block.online and self.kernel_mode:
                 log.info("memory%d: onlined by the kernel to %s (%s)", index, block.zone, block.device)
-            elif block is not None and block.state != "offline":
+            elif block is not None and block.online:
                 log.warning("memory%d: was already online in %s when memonlined got to it "
                             "(onlined by someone else)", index, block.zone)
                 self.counts["conflicts"] += 1
-        self._online([i for i in batch if i in blocks and blocks[i].state == "offline"])
+        self._online([i for i in batch if i in blocks and not blocks[i].online])
         if self.ready:  # before READY=1, the start-up's own status follows
             self.notifier.status(self.status())
 
@@ -472,8 +478,10 @@ class Daemon:
         elif indexes:
             planner = Planner(self.machine, self.settings)
             for outcome in online_blocks(self.writer, planner, indexes, self._go_on):
-                if outcome.zone is not None:
-                    self.handled.mark(outcome.decision.block, self.backend.block_instance(outcome.decision.block))
+                block = self.machine.blocks.get(outcome.decision.block)
+                if outcome.zone is not None and block is not None:
+                    # The instance read before the write: one replaced since is new memory.
+                    self.handled.mark(block.index, block.instance)
                 if outcome.result == FAILED:
                     self.counts["failed"] += 1
                 elif outcome.result == ALREADY_ONLINE:
@@ -482,10 +490,10 @@ class Daemon:
                     self.counts["onlined"] += 1
         if self.stopping:
             left = [i for i in indexes if self.machine.blocks.get(i) is not None
-                    and self.machine.blocks[i].state == "offline"]
+                    and not self.machine.blocks[i].online]
             if left:
                 log.warning("stopping before %d blocks were decided (%s): they stay offline until "
-                            "memonlined starts again", len(left), _ranges(left))
+                            "memonlined starts again", len(left), format_runs(left))
         self.handled.save()
         self._save_facts()
 
@@ -511,17 +519,3 @@ class Daemon:
                 return
             self.on_event(device.action, device.sys_name)
 
-
-def _ranges(indexes) -> str:
-    out, start, prev = [], None, None
-    for i in sorted(indexes):
-        if start is None:
-            start = prev = i
-        elif i == prev + 1:
-            prev = i
-        else:
-            out.append(f"{start}-{prev}" if prev > start else str(start))
-            start = prev = i
-    if start is not None:
-        out.append(f"{start}-{prev}" if prev > start else str(start))
-    return ",".join(out)

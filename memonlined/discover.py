@@ -17,7 +17,7 @@ import re
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from . import backend as B
-from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats
+from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats, runs
 from .parse import (MOVABLE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_setup_data_e820, parse_state,
                     parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
@@ -234,9 +234,9 @@ class Reader:
         device when first looked at in this boot (the kernel onlines boot
         memory itself; an offline block without a device is hot-plugged,
         such as a DIMM whose firmware_node links are not there yet)."""
-        runs = self.facts.get("boot_blocks")
-        if isinstance(runs, list):
-            self.boot_blocks = {i for first, last in runs for i in range(first, last + 1)}
+        known = self.facts.get("boot_blocks")
+        if isinstance(known, list):
+            self.boot_blocks = {i for first, last in known for i in range(first, last + 1)}
             return
         for index in self.backend.block_indexes():
             d = B.block_dir(index)
@@ -246,13 +246,7 @@ class Reader:
                 continue
             if online and self.backend.readlink(f"{d}/firmware_node") is None:
                 self.boot_blocks.add(index)
-        out: List[List[int]] = []
-        for i in sorted(self.boot_blocks):
-            if out and out[-1][1] == i - 1:
-                out[-1][1] = i
-            else:
-                out.append([i, i])
-        self.facts["boot_blocks"] = out
+        self.facts["boot_blocks"] = [list(run) for run in runs(self.boot_blocks)]
 
     def _driver_group(self, res, node) -> Group:
         start, end, name, kind = res
@@ -347,7 +341,7 @@ def _account(machine: Machine, zoneinfo, block_pages: int) -> None:
             node.kernel_early += z.present - z.cma
             node.movable += z.cma
     for block in machine.blocks.values():
-        if block.state == "offline":
+        if not block.online:
             continue
         node = machine.nodes.setdefault(block.node, NodeStats())
         movable = block.zone == MOVABLE

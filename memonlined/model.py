@@ -16,6 +16,22 @@ VIRTIO_MEM = "virtio-mem"
 DAX = "dax"
 
 
+def runs(indexes) -> List[Tuple[int, int]]:
+    """Block numbers as (first, last) runs of consecutive ones."""
+    out: List[Tuple[int, int]] = []
+    for i in sorted(indexes):
+        if out and out[-1][1] == i - 1:
+            out[-1] = (out[-1][0], i)
+        else:
+            out.append((i, i))
+    return out
+
+
+def format_runs(indexes) -> str:
+    """'48-55,60': block numbers as lsmem writes them."""
+    return ",".join(f"{a}-{b}" if b > a else str(a) for a, b in runs(indexes))
+
+
 @dataclass
 class Group:
     """A memory device: the kernel's memory group (include/linux/memory.h).
@@ -42,10 +58,16 @@ class Block:
     valid_zones: Tuple[str, ...]    # online: (its zone,); offline: the allowed zones
     early: bool                     # boot memory, not hot-plugged
     group: Optional[Group] = None   # its memory device, None for boot memory and unknown memory
+    instance: Optional[int] = None  # its sysfs directory's inode number when read (state.py)
+
+    @property
+    def online(self) -> bool:
+        """Online, or going offline (still present in its zone until that ends)."""
+        return self.state != "offline"
 
     @property
     def zone(self) -> Optional[str]:
-        return self.valid_zones[0] if self.state != "offline" else None
+        return self.valid_zones[0] if self.online else None
 
     @property
     def kernel_zone(self) -> str:

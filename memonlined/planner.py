@@ -16,7 +16,7 @@ class Planner:
         self.settings = settings
 
     def offline_blocks(self) -> List[int]:
-        return sorted(i for i, b in self.machine.blocks.items() if b.state == "offline")
+        return sorted(i for i, b in self.machine.blocks.items() if not b.online)
 
     def decide(self, index: int) -> Decision:
         return zone_for_block(self.machine, self.machine.blocks[index], self.settings)

@@ -125,7 +125,7 @@ def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
     outcomes = []
     for index in sorted(indexes):
         block = machine.blocks.get(index)
-        if block is None or block.state != "offline":
+        if block is None or block.online:
             continue
         if go_on is not None and not go_on(block):
             break
