@@ -58,6 +58,11 @@ export SYSTEMD_COLORS=0 SYSTEMD_PAGER=
 cd /sys/devices/system/memory
 show() { systemctl show -p ActiveState -p SubState -p StatusText -p NRestarts memonlined | tr '\n' ' '; }
 echo "E2E-STATUS $(show)"
+echo "E2E-EXPOSURE $(systemd-analyze security memonlined.service --no-pager 2>&1 | grep -o 'exposure level for memonlined.service: [0-9.]*')"
+# Memory pressure: a process holding most of the guest's memory while the DIMM comes.
+python3 -c 'import time; b = b"x" * (3000 << 20); open("/run/hog.ready", "w").close(); time.sleep(900)' &
+hog=$!
+i=0; while [ ! -e /run/hog.ready ] && [ $i -lt 240 ] && kill -0 $hog 2>/dev/null; do sleep 0.5; i=$((i + 1)); done
 n0=$(ls -d memory[0-9]* | wc -l)
 echo "E2E-READY $n0"
 want=$((n0 + 32)); i=0
@@ -71,6 +76,8 @@ echo "E2E-LAYOUT-BEGIN"
 %s
 echo "E2E-LAYOUT-END"
 echo "E2E-STATUS2 $(show)"
+echo "E2E-HOG $(kill -0 $hog 2>/dev/null && echo alive || echo gone) $(grep -E '^(MemTotal|MemAvailable)' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
+kill $hog 2>/dev/null; wait $hog 2>/dev/null
 # A broken configuration on reload: the old one stays, and the journal says so.
 cp /etc/memonlined/memonlined.conf /run/good.conf
 printf '[policy]\nratio = lots\n' > /etc/memonlined/memonlined.conf
@@ -100,6 +107,13 @@ i=0; while ! systemctl is-active -q memonlined && [ $i -lt 60 ]; do sleep 0.5; i
 echo "E2E-AO-RESTARTED $(systemctl show -p NRestarts --value memonlined) $(cat auto_online_blocks)"
 systemctl stop memonlined
 echo "E2E-AO-STOPPED $(cat auto_online_blocks)"
+# Removing the package stops the daemon, which puts the setting back; purging leaves nothing.
+systemctl start memonlined
+echo "E2E-RM-RUNNING $(cat auto_online_blocks)"
+DEBIAN_FRONTEND=noninteractive apt-get remove -y -q memonlined >/run/remove.log 2>&1
+echo "E2E-RM $? $(cat auto_online_blocks) $(systemctl is-active memonlined)"
+DEBIAN_FRONTEND=noninteractive apt-get purge -y -q memonlined >>/run/remove.log 2>&1
+echo "E2E-PURGE $? $(ls -d /etc/memonlined /run/memonlined 2>/dev/null | wc -l)"
 echo "E2E-JOURNAL-BEGIN"
 journalctl -u memonlined -o verbose MESSAGE_ID=%s --no-pager
 echo "E2E-JOURNAL-END"
@@ -107,7 +121,7 @@ echo "E2E-LOG-BEGIN"
 journalctl -u memonlined --no-pager | tail -n 100
 echo "E2E-LOG-END"
 echo "E2E-BOOT-BEGIN"
-journalctl -b -o short-monotonic --no-pager | grep -E "memonlined\[[0-9]+\]: (ready:|memory(3[2-9]|4[0-7]): onlined)|Reached target.*System Initialization|Starting memonlined" | head -n 20
+journalctl -b -o short-monotonic --no-pager | grep -E "memonlined\[[0-9]+\]: (ready:|memory(3[2-9]|4[0-7]): onlined)|Reached target.*System Initialization|Starting (memonlined.service|Online hot-plugged)" | head -n 20
 echo "E2E-BOOT-END"
 """ % (S.LAYOUT, DECISION_ID)
 
@@ -253,6 +267,10 @@ def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root, deb):
     dimm = [n for n in zones if n >= 32]
     assert len(dimm) == 48 and all(zones[n] == "Movable" for n in dimm), \
         f"the DIMM was not onlined to Movable: {S.summary(zones)}\n{section(out, 'LOG')}"
+    exposure = float(re.search(r"E2E-EXPOSURE exposure level for memonlined.service: ([\d.]+)", out).group(1))
+    suite = os.path.basename(systemd_root).rsplit("-", 1)[-1]
+    S.note_time(f"systemd unit guest [{suite}]: systemd-analyze security exposure {exposure}", 0)
+    assert exposure <= 2.5, exposure
     status2 = re.search(r"E2E-STATUS2 (.*)", out).group(1)
     assert "ActiveState=active" in status2 and "NRestarts=0" in status2, status2
     entries = [e for e in journal_entries(section(out, "JOURNAL")) if "BLOCK" in e]
@@ -269,7 +287,8 @@ def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root, deb):
     stamps = lambda pattern: [float(t) for t in re.findall(r"\[\s*([\d.]+)\][^\n]*" + pattern, boot)]  # noqa: E731
     onlined, sysinit = stamps(r"memory\d+: onlined"), stamps(r"Reached target.*System Initialization")
     assert len(onlined) == 16 and sysinit and max(onlined) < sysinit[0], boot
-    unit_start, unit_ready = stamps(r"Starting memonlined")[0], stamps(r"ready:")[0]
+    # systemd 247 (Debian 11) names the unit by its Description only.
+    unit_start, unit_ready = stamps(r"Starting (?:memonlined\.service|Online hot-plugged)")[0], stamps(r"ready:")[0]
     suite = os.path.basename(systemd_root).rsplit("-", 1)[-1]
     S.note_time(f"systemd unit guest [{suite}]: unit start to READY (16 blocks onlined)", unit_ready - unit_start)
     S.note_time(f"systemd unit guest [{suite}]: unit start to sysinit.target", sysinit[0] - unit_start)
@@ -287,3 +306,8 @@ def test_systemd_unit_onlines_a_hot_plugged_dimm(systemd_root, deb):
     assert restarted and int(restarted.group(1)) >= 1 and restarted.group(2) == "offline", (restarted, log)
     assert "aborted (SIGABRT" in log and "auto_online_blocks put back to online" in log, log
     assert re.search(r"E2E-AO-STOPPED online", out), (out[-3000:], log)
+    assert re.search(r"E2E-RM-RUNNING offline", out), out[-3000:]
+    assert re.search(r"E2E-RM 0 online inactive", out), out[-3000:]
+    assert re.search(r"E2E-PURGE 0 0", out), out[-3000:]
+    hog = re.search(r"E2E-HOG (\S+)(.*)", out)
+    S.note_time(f"systemd unit guest [{suite}]: memory hog {hog.group(1)} after the hot-plug;{hog.group(2)}", 0)
