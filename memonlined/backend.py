@@ -7,6 +7,7 @@ tests' fake kernel). Paths given to it are relative ("sys/...", "proc/...").
 
 import errno
 import os
+import stat
 from typing import Dict, List, Optional
 
 MEMORY = "sys/devices/system/memory"
@@ -185,6 +186,16 @@ class Backend:
         finally:
             os.close(fd)
 
+    def _open_attribute(self, rel: str, dir_fd: Optional[int] = None) -> int:
+        """A sysfs attribute for writing: a regular file beneath the root (a
+        FIFO or device node planted in a tree would hang the daemon or take
+        the write)."""
+        fd = self._open_beneath(rel, os.O_WRONLY | os.O_NONBLOCK, dir_fd)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{rel}: not a regular file")
+        return fd
+
     def _write(self, fd: int, value: str) -> None:
         try:
             data = value.encode()
@@ -203,13 +214,13 @@ class Backend:
         """
         if self._memory_fd is None:
             self._memory_fd = self._open_beneath(MEMORY, os.O_PATH | os.O_DIRECTORY)
-        self._write(self._open_beneath(f"memory{int(index)}/state", os.O_WRONLY, self._memory_fd), value)
+        self._write(self._open_attribute(f"memory{int(index)}/state", self._memory_fd), value)
 
     def write_setting(self, rel: str, value: str) -> None:
         """Write one of the kernel settings in SETTINGS; nothing else."""
         if rel not in SETTINGS:
             raise ValueError(f"{rel}: not a setting memonlined writes")
-        self._write(self._open_beneath(rel, os.O_WRONLY), value)
+        self._write(self._open_attribute(rel), value)
 
     def close(self) -> None:
         if self._memory_fd is not None:

@@ -66,7 +66,7 @@ def capture_paths(backend: B.Backend) -> Iterator[str]:
 def _prepare(out: str) -> int:
     """A descriptor of OUT, created here or an empty directory of ours."""
     try:
-        os.mkdir(out, 0o755)
+        os.mkdir(out, 0o700)
     except FileExistsError:
         pass
     except OSError as e:
@@ -83,18 +83,19 @@ def _prepare(out: str) -> int:
     return fd
 
 
-def _make_dirs(top: int, rel_dir: str, made: dict) -> int:
-    """The descriptor of REL_DIR under TOP, creating each directory (never following a link)."""
-    if rel_dir in made:
-        return made[rel_dir]
-    parent, _, name = rel_dir.rpartition("/")
-    pfd = _make_dirs(top, parent, made) if parent else top
-    try:
-        os.mkdir(name, 0o755, dir_fd=pfd)
-    except FileExistsError:
-        pass  # made by this capture: every directory here is ours
-    made[rel_dir] = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
-    return made[rel_dir]
+def _dir(top: int, rel_dir: str) -> int:
+    """A descriptor of REL_DIR under TOP, making each directory on the way
+    (never following a link); the caller closes it."""
+    fd = os.dup(top)
+    for name in rel_dir.split("/") if rel_dir else ():
+        try:
+            os.mkdir(name, 0o700, dir_fd=fd)
+        except FileExistsError:
+            pass  # made by this capture: every directory here is ours
+        next_fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        os.close(fd)
+        fd = next_fd
+    return fd
 
 
 def capture(backend: B.Backend, out: str) -> int:
@@ -105,13 +106,18 @@ def capture(backend: B.Backend, out: str) -> int:
     Raises CaptureError for an unusable OUT, OSError for a failed write.
     """
     top = _prepare(out)
-    made: dict = {}
     count = 0
 
+    # Owner-only: the tree holds what only root may read (real /proc/iomem
+    # addresses, the kernel log).
     def create(rel: str, data: bytes) -> None:
         parent, _, name = rel.rpartition("/")
-        dfd = _make_dirs(top, parent, made)
-        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dfd)
+        dfd = _dir(top, parent)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dfd)
+        finally:
+            os.close(dfd)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
 
@@ -122,7 +128,11 @@ def capture(backend: B.Backend, out: str) -> int:
                 continue
             if os.path.islink(src):
                 parent, _, name = rel.rpartition("/")
-                os.symlink(os.readlink(src), name, dir_fd=_make_dirs(top, parent, made))
+                dfd = _dir(top, parent)
+                try:
+                    os.symlink(os.readlink(src), name, dir_fd=dfd)
+                finally:
+                    os.close(dfd)
             else:
                 try:
                     data = backend.read_bytes(rel)
@@ -133,7 +143,5 @@ def capture(backend: B.Backend, out: str) -> int:
         records = [r for r in backend.kernel_log() if "virtio_mem" in r]
         create(B.KMSG, "".join(r + "\n" for r in records).encode())
     finally:
-        for fd in made.values():
-            os.close(fd)
         os.close(top)
     return count + 1

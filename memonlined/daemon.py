@@ -13,7 +13,7 @@ import selectors
 import signal
 import socket
 import time
-from typing import List, Optional, Set
+from typing import Dict, Optional
 
 from . import backend as B
 from .discover import SystemDataError, read_machine
@@ -36,54 +36,46 @@ DEVICES = "facts.json"
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
 
-class Abort(Exception):
-    """SIGABRT (systemd's watchdog): unwind, putting the kernel's settings back."""
-
-
 class Pending:
     """The blocks whose add uevent came, to be decided as one batch once the
-    settle window is over, and again a little later while the kernel has
-    not finished adding them (LINK_WAIT at most from the first add)."""
+    settle window is over, and read again a little later while the kernel
+    has not finished adding them: each block waits for its links LINK_WAIT
+    at most from its own add; one without a node link is never decided
+    without it (its valid_zones cannot be read) and is looked at again
+    every RETRY seconds."""
+
+    RETRY = 0.5
 
     def __init__(self, settle: float):
         self.settle = settle
-        self.blocks: Set[int] = set()
-        self.first: Optional[float] = None
+        self.seen: Dict[int, float] = {}    # block -> when its add came
         self.deadline: Optional[float] = None
 
     def add(self, index: int, now: float) -> None:
-        if self.first is None:
-            self.first, self.deadline = now, now + self.settle
-        self.blocks.add(index)
+        if self.deadline is None:
+            self.deadline = now + self.settle
+        self.seen.setdefault(index, now)
 
     def discard(self, index: int) -> None:
-        self.blocks.discard(index)
+        self.seen.pop(index, None)
 
     def __contains__(self, index: int) -> bool:
-        return index in self.blocks
+        return index in self.seen
 
     def __bool__(self) -> bool:
-        return bool(self.blocks)
+        return bool(self.seen)
 
     def due(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 
-    def take(self) -> List[int]:
-        batch, self.blocks, self.deadline = sorted(self.blocks), set(), None
+    def take(self) -> "Dict[int, float]":
+        batch, self.seen, self.deadline = self.seen, {}, None
         return batch
 
-    def wait_again(self, batch: List[int], now: float) -> bool:
-        """Put BATCH back for another look, unless it has waited long enough."""
-        if self.first is not None and now - self.first < LINK_WAIT:
-            self.blocks.update(batch)
-            self.deadline = now + max(self.settle, 0.005)
-            return True
-        self.first = None
-        return False
-
-    def done(self) -> None:
-        if not self.blocks:
-            self.first = None
+    def put_back(self, batch: "Dict[int, float]", after: float, now: float) -> None:
+        self.seen.update(batch)
+        deadline = now + after
+        self.deadline = deadline if self.deadline is None else min(self.deadline, deadline)
 
 
 class TakeOver:
@@ -155,6 +147,10 @@ class TakeOver:
         if self.original is None:
             return
         current = self._current()
+        if current is None:
+            log.error("/%s unreadable or unknown at stop: not put back to %s (the record stays for the "
+                      "next memonlined)", B.AUTO_ONLINE, self.original)
+            return
         if current != "offline":
             log.warning("auto_online_blocks was set to %s while memonlined ran: left as it is", current)
         else:
@@ -189,7 +185,8 @@ class Daemon:
         self.pending = Pending(settings.settle_ms / 1000)
         self.layout_stale = True  # /proc/iomem must be read again before the next batch
         self.counts = {"onlined": 0, "failed": 0, "conflicts": 0}
-        self.stopping = self.reload_wanted = self.ready = False
+        self.stopping = self.reload_wanted = self.ready = self.aborting = False
+        self.rescan_at: Optional[float] = None  # a failed rescan is tried again
         self.watchdog_period = self.notifier.watchdog_period()
         self.next_watchdog = 0.0
         self._finishing = None  # the static group a stop lets finish
@@ -219,21 +216,25 @@ class Daemon:
                     self._configure_kernel()
                 self.monitor.start()  # before the scan, so no add between the two is lost
                 self.scan()
-                while self.pending and not self.stopping:  # boot-offline memory before READY=1
+                # Boot-offline memory before READY=1; a block still without its
+                # node link after that is left to the loop.
+                start = time.monotonic()
+                while self.pending and not self.stopping and time.monotonic() - start < LINK_WAIT + Pending.RETRY:
                     time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
                     self.process_batch()
-                self.notifier.ready(self.status())
-                self.ready = True
-                log.info("ready: %s", self.status())
-                selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
-                selector.register(rsock, selectors.EVENT_READ, "signal")
-                self._loop(selector, rsock)
+                if not self.stopping:
+                    self.notifier.ready(self.status())
+                    self.ready = True
+                    log.info("ready: %s", self.status())
+                    selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
+                    selector.register(rsock, selectors.EVENT_READ, "signal")
+                    self._loop(selector, rsock)
                 self.notifier.stopping()
-                log.info("stopping: %s", self.status())
-            return 0
-        except Abort:
-            log.error("aborted (SIGABRT: the watchdog?): %s", self.status() if self.machine else "before the start")
-            return 1
+                if self.aborting:
+                    log.error("aborted (SIGABRT: the watchdog?): %s", self.status())
+                else:
+                    log.info("stopping: %s", self.status())
+            return 1 if self.aborting else 0
         finally:
             selector.close()
             signal.set_wakeup_fd(old_wakeup)
@@ -247,8 +248,8 @@ class Daemon:
         while not self.stopping:
             now = time.monotonic()
             self._ping(now)
-            timeouts = [t - now for t in (self.pending.deadline, self.next_watchdog if self.watchdog_period else None)
-                        if t is not None]
+            timeouts = [t - now for t in (self.pending.deadline, self.rescan_at,
+                                          self.next_watchdog if self.watchdog_period else None) if t is not None]
             for key, _ in selector.select(max(0.0, min(timeouts)) if timeouts else None):
                 if key.data == "signal":
                     try:
@@ -259,17 +260,22 @@ class Daemon:
                     self._drain()
             if self.reload_wanted:
                 self.reload()
+            if not self.stopping and self.rescan_at is not None and time.monotonic() >= self.rescan_at:
+                self.rescan()
             if not self.stopping and self.pending.due(time.monotonic()):
                 self.process_batch()
+            if self.handled.dirty:  # blocks seen online through uevents: a restart must know them
+                self.handled.save()
 
     def _on_signal(self, signum, _frame) -> None:
-        # Runs in the main thread between two bytecodes, also in a long batch.
-        if signum == signal.SIGABRT:
-            raise Abort()
+        # Runs in the main thread between two bytecodes, also in a long batch:
+        # flags only, so that no exit path is cut short (a batch sees them in
+        # _go_on, the loop after select()).
         if signum == signal.SIGHUP:
             self.reload_wanted = True
         else:
             self.stopping = True
+            self.aborting = self.aborting or signum == signal.SIGABRT
 
     def _ping(self, now: float) -> None:
         if self.watchdog_period is not None and now >= self.next_watchdog:
@@ -285,7 +291,7 @@ class Daemon:
             self._finishing = block.group
             return True
         group = block.group
-        return group is not None and not group.dynamic and group is self._finishing
+        return not self.aborting and group is not None and not group.dynamic and group is self._finishing
 
     # -- configuration -----------------------------------------------------
 
@@ -338,16 +344,19 @@ class Daemon:
         batch: all of them at the first start in a boot; after a restart or
         lost events, those not handled before (an offline block handled
         before, the same instance, was offlined by an administrator)."""
+        # The instances first (as refresh() does): a block replaced while the
+        # machine is read is then taken for new, never the other way round.
+        present = self.backend.block_indexes()
+        instances = {index: self.backend.block_instance(index) for index in present}
         self.machine, self.reader = read_machine(self.backend, self.facts)
         self.layout_stale = False
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()
         left, now = [], time.monotonic()
-        present = self.backend.block_indexes()
         for index in present:
             block = self.machine.blocks.get(index)
-            instance = self.backend.block_instance(index)
+            instance = instances[index]
             if block is not None:
                 block.instance = instance
             if block is not None and block.online:
@@ -362,7 +371,8 @@ class Daemon:
         if left:
             log.info("leaving %d offline blocks alone that were online before (offlined by an administrator): %s",
                      len(left), format_runs(left))
-        self.pending.deadline = now if self.pending else None
+        if self.pending:
+            self.pending.deadline = now
         self.handled.save()
         self._save_facts()
 
@@ -425,7 +435,8 @@ class Daemon:
             self.reader.forget_device(group.name)
 
     def process_batch(self) -> None:
-        batch = self.pending.take()
+        seen = self.pending.take()
+        batch = sorted(seen)
         # New devices bring new iomem resources; more blocks of a virtio-mem or
         # dax device already known do not (a growing virtio-mem device adds a
         # few blocks at a time, and under TCG each re-read costs milliseconds).
@@ -439,12 +450,15 @@ class Daemon:
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks): read the batch again a little later.
         blocks = self.machine.blocks
-        waiting = [i for i in batch if (i not in blocks and self.backend.exists(B.block_dir(i)))
-                   or (i in blocks and not blocks[i].online and self.reader.unlinked(blocks[i]))]
-        if waiting and self.pending.wait_again(batch, time.monotonic()):
+        now = time.monotonic()
+        no_node = [i for i in batch if i not in blocks and self.backend.exists(B.block_dir(i))]
+        unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.reader.unlinked(blocks[i])]
+        if any(now - seen[i] < LINK_WAIT for i in no_node + unlinked):
+            self.pending.put_back(seen, max(self.pending.settle, 0.005), now)
             self.machine.warnings.clear()
             return
-        self.pending.done()
+        if no_node:  # never decided without its node; looked at again, however long it takes
+            self.pending.put_back({i: seen[i] for i in no_node}, Pending.RETRY, now)
         for warning in self.machine.warnings:
             log.warning("%s", warning)
         self.machine.warnings.clear()
@@ -502,18 +516,24 @@ class Daemon:
             self.state.save(DEVICES, {"facts": self.facts})
             self._saved_facts = copy.deepcopy(self.facts)
 
+    def rescan(self) -> None:
+        """Every block again (events were lost). What was pending stays
+        pending; a failed rescan is tried again a second later."""
+        try:
+            self.scan()
+        except SystemDataError as err:
+            log.error("%s; rescanning again in a second", err)
+            self.rescan_at = time.monotonic() + 1.0
+            return
+        self.rescan_at = None
+
     def _drain(self) -> None:
         while True:
             try:
                 device = self.monitor.poll(timeout=0)
             except OSError as e:
                 log.warning("uevents may have been lost (%s): rescanning every block", e)
-                self.pending.take()
-                self.pending.done()
-                try:
-                    self.scan()
-                except SystemDataError as err:
-                    log.error("%s", err)
+                self.rescan()
                 return
             if device is None:
                 return

@@ -121,7 +121,8 @@ class StateDir:
 
     def legacy_handled(self) -> Optional[Dict[int, Optional[int]]]:
         """The handled blocks of memonlined 0.1 (kept in /run, so of this boot;
-        instances unknown). Read once, on the upgrade."""
+        instances unknown). Read on the upgrade; removed once handled.json
+        is saved (Handled.save)."""
         if self.path is None:
             return None
         path = self._file(LEGACY_HANDLED)
@@ -133,7 +134,6 @@ class StateDir:
         except (OSError, ValueError, UnicodeDecodeError):
             log.warning("%s: unreadable; ignored", path)
             return None
-        os.unlink(path)
         log.info("%s: read the handled blocks of an earlier memonlined", path)
         return blocks
 
@@ -145,6 +145,8 @@ class Handled:
     def __init__(self, state: StateDir):
         self.state = state
         self.blocks: Dict[int, Optional[int]] = {}
+        self.dirty = False       # changed since the last save
+        self._legacy = False     # read from memonlined 0.1's file, to remove once saved
         record = state.load(HANDLED)
         if record is not None:
             try:
@@ -153,7 +155,8 @@ class Handled:
                 log.warning("%s: garbled; treating every offline block as not yet handled",
                             state._file(HANDLED))
         else:
-            self.blocks = state.legacy_handled() or {}
+            legacy = state.legacy_handled()
+            self.blocks, self._legacy = legacy or {}, legacy is not None
 
     def same(self, index: int, instance: Optional[int]) -> bool:
         """Is INDEX, as it is now (INSTANCE), the block memonlined saw online?"""
@@ -163,11 +166,18 @@ class Handled:
         return known is None or instance is None or known == instance
 
     def mark(self, index: int, instance: Optional[int]) -> None:
-        self.blocks[index] = instance
+        if index not in self.blocks or self.blocks[index] != instance:
+            self.blocks[index] = instance
+            self.dirty = True
 
     def forget(self, index: int) -> None:
-        self.blocks.pop(index, None)
+        if self.blocks.pop(index, False) is not False:
+            self.dirty = True
 
     def save(self) -> None:
-        self.state.save(HANDLED, {"blocks": {str(k): v for k, v in sorted(self.blocks.items())}})
+        if self.state.save(HANDLED, {"blocks": {str(k): v for k, v in sorted(self.blocks.items())}}):
+            self.dirty = False
+            if self._legacy:
+                self.state.remove(LEGACY_HANDLED)
+                self._legacy = False
 
