@@ -75,3 +75,33 @@ class Run:
             out = getattr(self.kernel, fn)(*args, **kw)
         self.monitor.relay()
         return out
+
+
+def late_node_link(kernel, index, delay, lost=False):
+    """A script: a 1 GiB DIMM whose block INDEX gets its node link DELAY s
+    after the add events (LOST: the events are lost, as with ENOBUFS)."""
+    def script(run):
+        link = os.path.join(kernel.root, f"sys/devices/system/memory/memory{index}/node0")
+        with run.backend.lock:
+            kernel.add_dimm(1 << 30)
+            os.unlink(link)                      # the add uevent comes before the node link
+        run.monitor.relay(drop=lost)
+        time.sleep(delay)
+        assert kernel.layout()[index] is None    # never decided without its node
+        os.symlink("../../node/node0", link)
+        wait_for(lambda: None not in kernel.layout().values(), 5)
+    return script
+
+
+def replace_virtio_mem(k, step, same_name, region=8 << 30, grow=4 << 30):
+    """A virtio-mem device (REGION bytes) grown a little and removed, then
+    another at the same address (BBM, 1 GiB units; SAME_NAME: under the old
+    virtioN name) grown by GROW. STEP(fn, ...) calls the fake kernel K.
+    Returns (old name, new name, the new device's blocks)."""
+    old = step("add_virtio_mem", region)
+    start = k.devices[old].start
+    step("virtio_mem_plug", old, 256 << 20)
+    step("remove_virtio_mem", old)
+    new = step("add_virtio_mem", region, start=start, bbm=True, device_block_size=1 << 30,
+               name=old if same_name else None)
+    return old, new, step("virtio_mem_plug", new, grow)

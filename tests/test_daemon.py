@@ -8,7 +8,7 @@ import socket
 import time
 
 
-from daemonrun import Run, wait_for
+from daemonrun import Run, late_node_link, replace_virtio_mem, wait_for
 from fakekernel import FakeKernel
 from kernelbackend import KernelBackend, kernel_online_all
 from memonlined.notify import Systemd
@@ -61,28 +61,20 @@ def test_a_virtio_mem_device_replaced_at_the_same_address_is_read_anew(tmp_path,
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
     twin = FakeKernel(tmp_path / "twin")
 
-    def history(k, step):
-        old = step("add_virtio_mem", 8 * GiB)
-        start = k.devices[old].start
-        step("virtio_mem_plug", old, 256 << 20)
-        step("remove_virtio_mem", old)
-        new = step("add_virtio_mem", 8 * GiB, start=start, bbm=True, device_block_size=GiB)
-        return old, new, step("virtio_mem_plug", new, 4 * GiB)
-
     def script(run):
         def step(fn, *args, **kw):
             out = run.locked(fn, *args, **kw)
             if fn == "virtio_mem_plug":
                 wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
             return out
-        run.names = history(kernel, step)
+        run.names = replace_virtio_mem(kernel, step, same_name=False)
 
     def twin_step(fn, *args, **kw):
         out = getattr(twin, fn)(*args, **kw)
         kernel_online_all(twin)
         return out
 
-    history(twin, twin_step)
+    replace_virtio_mem(twin, twin_step, same_name=False)
     run = Run(kernel, tmp_path / "run")
     with caplog.at_level("INFO", logger="memonlined"):
         run(script)
@@ -301,15 +293,4 @@ def test_a_dry_run_leaves_nothing_behind_for_the_next_run(tmp_path):
 
 def test_a_block_read_before_its_node_link_exists_is_read_again(tmp_path):
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-
-    def script(run):
-        with run.backend.lock:
-            kernel.add_dimm(GiB)
-            link = tmp_path / "k/sys/devices/system/memory/memory50/node0"
-            os.unlink(link)                       # the add uevent comes before the node link
-        run.monitor.relay()
-        time.sleep(0.1)
-        os.symlink("../../node/node0", link)
-        wait_for(lambda: None not in kernel.layout().values())
-
-    Run(kernel, tmp_path / "run")(script)
+    Run(kernel, tmp_path / "run")(late_node_link(kernel, 50, 0.1))

@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from daemonrun import Run, wait_for
+from daemonrun import Run, late_node_link, replace_virtio_mem, wait_for
 from fakekernel import FakeKernel
 from kernelbackend import KernelBackend, kernel_online_all
 from memonlined.discover import SystemDataError
@@ -207,29 +207,24 @@ def test_a_virtio_mem_device_replaced_under_the_same_name(tmp_path):
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
     twin = FakeKernel(tmp_path / "twin")
 
-    def history(k, step):
-        old = step("add_virtio_mem", 32 * GiB)
-        start = k.devices[old].start
-        step("virtio_mem_plug", old, 256 << 20)
-        step("remove_virtio_mem", old)
-        new = step("add_virtio_mem", 32 * GiB, start=start, bbm=True, device_block_size=GiB, name=old)
-        return step("virtio_mem_plug", new, 16 * GiB)
-
     def script(run):
         def step(fn, *args, **kw):
             out = run.locked(fn, *args, **kw)
             if fn == "virtio_mem_plug":
                 wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
             return out
-        history(kernel, step)
+        run.names = replace_virtio_mem(kernel, step, True, 32 * GiB, 16 * GiB)  # past the ratio: units matter
 
     def twin_step(fn, *args, **kw):
         out = getattr(twin, fn)(*args, **kw)
         kernel_online_all(twin)
         return out
 
-    history(twin, twin_step)
-    Run(kernel, tmp_path / "run")(script)
+    replace_virtio_mem(twin, twin_step, True, 32 * GiB, 16 * GiB)
+    run = Run(kernel, tmp_path / "run")
+    run(script)
+    old, new, _ = run.names
+    assert old == new
     assert kernel.layout() == twin.layout()
 
 
@@ -257,18 +252,7 @@ def test_the_rescan_decides_a_dimm_whole_although_its_links_come_late(tmp_path):
 
 def test_the_rescan_reads_a_block_again_once_its_node_link_is_there(tmp_path):
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-
-    def script(run):
-        link = tmp_path / "k/sys/devices/system/memory/memory50/node0"
-        with run.backend.lock:
-            kernel.add_dimm(GiB)
-            os.unlink(link)
-        run.monitor.relay(drop=True)
-        time.sleep(0.2)
-        os.symlink("../../node/node0", link)
-        wait_for(lambda: None not in kernel.layout().values())
-
-    Run(kernel, tmp_path / "run")(script)
+    Run(kernel, tmp_path / "run")(late_node_link(kernel, 50, 0.2, lost=True))
 
 
 # -- defect 8: kernel mode follows a reload ----------------------------------
@@ -424,19 +408,7 @@ def test_a_block_going_offline_at_the_start_is_left_to_whoever_offlines_it(tmp_p
 
 def test_a_block_whose_node_link_comes_after_the_link_wait_is_still_onlined(tmp_path):
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-
-    def script(run):
-        link = tmp_path / "k/sys/devices/system/memory/memory50/node0"
-        with run.backend.lock:
-            kernel.add_dimm(GiB)
-            os.unlink(link)
-        run.monitor.relay()
-        time.sleep(2.5)                                # longer than LINK_WAIT
-        assert kernel.layout()[50] is None
-        os.symlink("../../node/node0", link)
-        wait_for(lambda: kernel.layout()[50] is not None, 5)
-
-    Run(kernel, tmp_path / "run")(script)
+    Run(kernel, tmp_path / "run")(late_node_link(kernel, 50, 2.5))  # longer than LINK_WAIT
 
 
 def test_a_block_seen_online_only_through_uevents_is_remembered_across_a_restart(tmp_path):
