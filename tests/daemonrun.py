@@ -105,3 +105,25 @@ def replace_virtio_mem(k, step, same_name, region=8 << 30, grow=4 << 30):
     new = step("add_virtio_mem", region, start=start, bbm=True, device_block_size=1 << 30,
                name=old if same_name else None)
     return old, new, step("virtio_mem_plug", new, grow)
+
+
+def daemon_step(run, kernel):
+    """STEP for replace_virtio_mem under the daemon: each change through RUN,
+    each plug waited for until memonlined has onlined it."""
+    def step(fn, *args, **kw):
+        out = run.locked(fn, *args, **kw)
+        if fn == "virtio_mem_plug":
+            wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
+        return out
+    return step
+
+
+def twin_step(twin):
+    """STEP for replace_virtio_mem on the oracle: the kernel's own policy onlines after each change."""
+    from kernelbackend import kernel_online_all
+
+    def step(fn, *args, **kw):
+        out = getattr(twin, fn)(*args, **kw)
+        kernel_online_all(twin)
+        return out
+    return step

@@ -8,7 +8,7 @@ import socket
 import time
 
 
-from daemonrun import Run, late_node_link, replace_virtio_mem, wait_for
+from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
 from fakekernel import FakeKernel
 from kernelbackend import KernelBackend, kernel_online_all
 from memonlined.notify import Systemd
@@ -62,19 +62,9 @@ def test_a_virtio_mem_device_replaced_at_the_same_address_is_read_anew(tmp_path,
     twin = FakeKernel(tmp_path / "twin")
 
     def script(run):
-        def step(fn, *args, **kw):
-            out = run.locked(fn, *args, **kw)
-            if fn == "virtio_mem_plug":
-                wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
-            return out
-        run.names = replace_virtio_mem(kernel, step, same_name=False)
+        run.names = replace_virtio_mem(kernel, daemon_step(run, kernel), same_name=False)
 
-    def twin_step(fn, *args, **kw):
-        out = getattr(twin, fn)(*args, **kw)
-        kernel_online_all(twin)
-        return out
-
-    replace_virtio_mem(twin, twin_step, same_name=False)
+    replace_virtio_mem(twin, twin_step(twin), same_name=False)
     run = Run(kernel, tmp_path / "run")
     with caplog.at_level("INFO", logger="memonlined"):
         run(script)

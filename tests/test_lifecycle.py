@@ -8,7 +8,7 @@ import os
 import signal
 import time
 
-from daemonrun import Run, late_node_link, replace_virtio_mem, wait_for
+from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
 from fakekernel import FakeKernel
 from kernelbackend import KernelBackend, kernel_online_all
 from memonlined.discover import SystemDataError
@@ -208,19 +208,9 @@ def test_a_virtio_mem_device_replaced_under_the_same_name(tmp_path):
     twin = FakeKernel(tmp_path / "twin")
 
     def script(run):
-        def step(fn, *args, **kw):
-            out = run.locked(fn, *args, **kw)
-            if fn == "virtio_mem_plug":
-                wait_for(lambda: all(kernel.layout()[i] is not None for i in out))
-            return out
-        run.names = replace_virtio_mem(kernel, step, True, 32 * GiB, 16 * GiB)  # past the ratio: units matter
+        run.names = replace_virtio_mem(kernel, daemon_step(run, kernel), True, 32 * GiB, 16 * GiB)
 
-    def twin_step(fn, *args, **kw):
-        out = getattr(twin, fn)(*args, **kw)
-        kernel_online_all(twin)
-        return out
-
-    replace_virtio_mem(twin, twin_step, True, 32 * GiB, 16 * GiB)
+    replace_virtio_mem(twin, twin_step(twin), True, 32 * GiB, 16 * GiB)
     run = Run(kernel, tmp_path / "run")
     run(script)
     old, new, _ = run.names
