@@ -19,24 +19,18 @@ from . import backend as B
 from . import config
 from .capture import CaptureError, capture
 from .config import resolve_mode
-from .conflicts import RuleConflict, find_conflicts
+from .conflicts import BOOT_OFFLINE_ADVICE, KERNEL_ONLINES, RuleConflict, find_conflicts
 from .discover import SystemDataError, discover
 from .model import Machine
 from .parse import ParseError, format_size, parse_meminfo
 from .planner import Planner
 from .policy import Settings, movable_headroom
-from .state import StateError
+from .state import StateDir, StateError
 from .writer import CONFLICT_MESSAGE_ID, FAILED, Outcome, Writer, online_blocks
 
 log = logging.getLogger("memonlined")
 
 EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_CONFIG, EXIT_SYSTEM = 0, 1, 2, 3, 4
-
-KERNEL_ONLINES = "the kernel onlines hot-plugged memory itself"
-# What keeps the kernel from onlining memory before memonlined runs at boot.
-BOOT_OFFLINE_ADVICE = ("to keep the kernel from onlining memory itself before memonlined starts, boot with "
-                       "memhp_default_state=offline: add it to GRUB_CMDLINE_LINUX in /etc/default/grub, "
-                       "then run update-grub")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="decide and log, write nothing")
     run.add_argument("--state-dir", default="/run/memonlined", metavar="DIR",
                      help="where the blocks handled in this boot are remembered (default /run/memonlined)")
-    sub.add_parser("doctor", help="everything worth knowing: kernel, policy, config, devices, other onliners")
+    doctor = sub.add_parser("doctor", help="everything worth knowing: kernel, policy, config, devices, other onliners")
+    doctor.add_argument("--state-dir", metavar="DIR",
+                        help="the running daemon's state directory (default: run/memonlined under the root)")
     return p
 
 
@@ -151,7 +147,9 @@ def _main(argv, backend, monitor, notifier) -> int:
     if args.command == "status":
         return cmd_status(backend, machine, settings, args.json)
     if args.command == "doctor":
-        return cmd_doctor(backend, machine, settings, args.config)
+        from .daemon import TakeOver
+        taken_over = TakeOver.recorded(StateDir(args.state_dir or backend.path("run/memonlined"), backend.boot_id()))
+        return cmd_doctor(backend, machine, settings, args.config, taken_over)
     return cmd_explain(machine, settings, args.block, args.json)
 
 
@@ -298,7 +296,9 @@ def run_daemon(backend: B.Backend, settings: Settings, load_settings, args, moni
     return daemon.run()
 
 
-def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_path: Optional[str]) -> int:
+def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_path: Optional[str],
+               taken_over: Optional[str] = None) -> int:
+    """TAKEN_OVER: what auto_online_blocks was before a memonlined of this boot set it to offline."""
     params = machine.kernel_params
     mode, why = resolve_mode("online_policy" in params, settings)
     print(f"kernel: {machine.kernel_release or 'unknown'}; in-kernel auto-movable policy: "
@@ -308,7 +308,11 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
     print(f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}"
           + ("  <- " + KERNEL_ONLINES if machine.auto_online_blocks not in
              (None, "offline") else ""))
-    if machine.auto_online_blocks not in (None, "offline"):
+    if taken_over is not None and machine.auto_online_blocks == "offline":
+        # After the take-over the file says offline, yet the kernel onlined what came before it.
+        print(f"  set by memonlined, which took it over from {taken_over}: {KERNEL_ONLINES} "
+              "until memonlined starts (memory present at boot was placed by the kernel)")
+    if machine.auto_online_blocks not in (None, "offline") or taken_over is not None:
         print("  " + BOOT_OFFLINE_ADVICE)
     print(f"configuration: {config_path or config.DEFAULT_PATH}"
           + ("" if config_path or os.path.exists(config.DEFAULT_PATH) else " (absent: built-in defaults)"))

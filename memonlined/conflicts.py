@@ -8,6 +8,12 @@ from typing import Iterator, List, Tuple, Union
 
 from . import backend as B
 
+# The kernel itself is the first other onliner: auto_online_blocks other than offline.
+KERNEL_ONLINES = "the kernel onlines hot-plugged memory itself"
+BOOT_OFFLINE_ADVICE = ("to keep the kernel from onlining memory itself before memonlined starts, boot with "
+                       "memhp_default_state=offline: add it to GRUB_CMDLINE_LINUX in /etc/default/grub, "
+                       "then run update-grub")
+
 RULES_DIRS = ("usr/lib/udev/rules.d", "lib/udev/rules.d", "run/udev/rules.d", "etc/udev/rules.d")
 
 # A line that assigns a block's state (ATTR{state}="online", or a variable as

@@ -1,13 +1,14 @@
 """memonlined run: the uevent-driven daemon.
 
-One thread, one selectors loop over the uevent monitor and a signal
-self-pipe, with timeouts for the batch deadline and the watchdog. A uevent
-only says which block to look at again; sysfs is the truth. Added blocks
-are decided as one batch (Pending); the take-over of auto_online_blocks
-(TakeOver) and what a restart must know (state.py) outlive any one process.
+One thread, one selectors loop: wait (the uevent monitor, the signals, the
+batch deadline, the watchdog), drain the uevents, decide and write a batch
+of added blocks, notify systemd. Its collaborators have one job each:
+Pending (the adds to decide as one batch), Blocks (blocks.py: the model
+kept up to date from sysfs), TakeOver (auto_online_blocks, always put
+back), Signals (flags only), and notify.py's Systemd and Watchdog.
 """
 
-import copy
+import collections
 import logging
 import selectors
 import signal
@@ -16,23 +17,21 @@ import time
 from typing import Dict, Optional
 
 from . import backend as B
-from .discover import SystemDataError, read_machine
-from .model import Machine, format_runs
-from .notify import Systemd
+from .blocks import LINK_WAIT, Blocks
+from .conflicts import BOOT_OFFLINE_ADVICE
+from .discover import SystemDataError, read_kernel_params
+from .notify import Systemd, Watchdog
+from .model import format_runs
 from .parse import format_size, parse_meminfo, ParseError
 from .planner import Planner
 from .policy import Settings
-from .state import Handled, StateDir
+from .state import StateDir
 from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blocks, online_by_kernel
 
 log = logging.getLogger(__name__)
 
-# How long a batch may wait for what the kernel adds after a block's add
-# uevent: its node link, and an ACPI DIMM's firmware_node links.
-LINK_WAIT = 2.0
 AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
 # [daemon] keys a reload cannot apply to a running daemon.
-DEVICES = "facts.json"
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
 
@@ -87,6 +86,13 @@ class TakeOver:
 
     RECORD = "auto_online_blocks.json"
 
+    @classmethod
+    def recorded(cls, state: StateDir) -> Optional[str]:
+        """The value a memonlined of this boot replaced and has not put back yet."""
+        record = state.load(cls.RECORD)
+        recorded = record.get("original") if record else None
+        return recorded if recorded in AUTO_ONLINE_VALUES[1:] else None
+
     def __init__(self, backend: B.Backend, writer: Writer, state: StateDir, enabled: bool):
         self.backend, self.writer, self.state, self.enabled = backend, writer, state, enabled
         self.original: Optional[str] = None  # what to put back; None: nothing taken over
@@ -100,10 +106,7 @@ class TakeOver:
 
     def __enter__(self) -> "TakeOver":
         current = self._current()
-        record = self.state.load(self.RECORD)
-        recorded = record.get("original") if record else None
-        if recorded not in AUTO_ONLINE_VALUES[1:]:
-            recorded = None
+        recorded = self.recorded(self.state)
         if current == "offline" and recorded is not None:
             # An earlier daemon of this boot took over and did not put it back.
             self.original = recorded
@@ -134,10 +137,9 @@ class TakeOver:
             self.state.remove(self.RECORD)
             return self
         self.original = current
-        log.info("took over from the kernel: auto_online_blocks was %s, set to offline "
-                 "(put back when memonlined stops); memory added before this start was placed by the kernel: "
-                 "boot with memhp_default_state=offline (GRUB_CMDLINE_LINUX in /etc/default/grub, then "
-                 "update-grub) to have memonlined place it too", current)
+        log.info("took over from the kernel: auto_online_blocks was %s, set to offline (put back when "
+                 "memonlined stops); memory added before this start was placed by the kernel: %s",
+                 current, BOOT_OFFLINE_ADVICE)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -164,12 +166,57 @@ class TakeOver:
         self.original = None
 
 
+class Signals:
+    """SIGTERM and SIGINT stop, SIGABRT (the watchdog) stops with exit code 1,
+    SIGHUP reloads. The handlers run between two bytecodes, also in a long
+    batch: they only set flags, so that no exit path is cut short (a batch
+    sees them before each block, the loop after select()); a socket wakes
+    select() (signal.set_wakeup_fd)."""
+
+    WATCHED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGABRT)
+
+    def __init__(self):
+        self.stopping = self.aborting = self.reload_wanted = False
+
+    def __enter__(self) -> "Signals":
+        self._rsock, self._wsock = socket.socketpair()
+        self._rsock.setblocking(False)
+        self._wsock.setblocking(False)
+        self._old_wakeup = signal.set_wakeup_fd(self._wsock.fileno())
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in self.WATCHED}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        signal.set_wakeup_fd(self._old_wakeup)
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        self._rsock.close()
+        self._wsock.close()
+
+    def fileno(self) -> int:
+        return self._rsock.fileno()
+
+    def drain(self) -> None:
+        try:
+            self._rsock.recv(64)  # the handler did the work: this only woke select()
+        except BlockingIOError:
+            pass
+
+    def _on_signal(self, signum, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload_wanted = True
+        else:
+            self.stopping = True
+            self.aborting = self.aborting or signum == signal.SIGABRT
+
+
 class Daemon:
+    """`memonlined run`: onlines the blocks offline at start (before READY=1),
+    then every block added, in batches, until a stop signal."""
+
     def __init__(self, backend: B.Backend, settings: Settings, monitor, *, reload, notifier: Optional[Systemd] = None,
                  state_dir: Optional[str] = "/run/memonlined", dry_run: bool = False, kernel_mode: bool = False):
-        self.backend = backend
-        self.settings = settings
-        self.monitor = monitor
+        self.backend, self.settings, self.monitor = backend, settings, monitor
         self.reload_settings = reload
         self.notifier = notifier or Systemd({})
         self.writer = Writer(backend, dry_run)
@@ -177,21 +224,14 @@ class Daemon:
         # A dry run remembers nothing: the next real run must not take its
         # would-be onlined blocks for blocks an administrator offlined.
         self.state = StateDir(None if dry_run else state_dir, backend.boot_id())
-        self.handled: Optional[Handled] = None
-        self.facts: dict = {}  # what every Reader of this daemon learned (Reader.facts)
-        self._saved_facts: Optional[dict] = None
-        self.machine: Optional[Machine] = None
-        self.reader = None
+        self.blocks: Optional[Blocks] = None
         self.pending = Pending(settings.settle_ms / 1000)
-        self.layout_stale = True  # /proc/iomem must be read again before the next batch
-        self.counts = {"onlined": 0, "failed": 0, "conflicts": 0}
-        self.stopping = self.reload_wanted = self.ready = self.aborting = False
+        self.signals = Signals()
+        self.watchdog = Watchdog(self.notifier)
+        self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
+        self.ready = False
         self.rescan_at: Optional[float] = None  # a failed rescan is tried again
-        self.watchdog_period = self.notifier.watchdog_period()
-        self.next_watchdog = 0.0
         self._finishing = None  # the static group a stop lets finish
-
-    # -- start and stop --------------------------------------------------
 
     def run(self) -> int:
         """Run until SIGTERM/SIGINT. Returns the exit code; raises SystemDataError,
@@ -199,118 +239,186 @@ class Daemon:
         if not self.state.lock():
             log.error("another memonlined is running (%s/lock is locked)", self.state.path)
             return 1
-        rsock, wsock = socket.socketpair()
-        rsock.setblocking(False)
-        wsock.setblocking(False)
-        old_wakeup = signal.set_wakeup_fd(wsock.fileno())
-        handlers = {sig: signal.signal(sig, self._on_signal)
-                    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGABRT)}
-        selector = selectors.DefaultSelector()
         try:
-            self.handled = Handled(self.state)
-            record = self.state.load(DEVICES)
-            self.facts = record.get("facts", {}) if record and isinstance(record.get("facts"), dict) else {}
-            with TakeOver(self.backend, self.writer, self.state,
-                          self.settings.take_over_auto_online and not self.kernel_mode and not self.writer.dry_run):
+            self.blocks = Blocks(self.backend, self.state)
+            take_over = self.settings.take_over_auto_online and not self.kernel_mode and not self.writer.dry_run
+            with self.signals, TakeOver(self.backend, self.writer, self.state, take_over):
                 if self.kernel_mode:
                     self._configure_kernel()
                 self.monitor.start()  # before the scan, so no add between the two is lost
                 self.scan()
-                # Boot-offline memory before READY=1; a block still without its
-                # node link after that is left to the loop.
-                start = time.monotonic()
-                while self.pending and not self.stopping and time.monotonic() - start < LINK_WAIT + Pending.RETRY:
-                    time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
-                    self.process_batch()
-                if not self.stopping:
+                self._start_up()
+                if not self.signals.stopping:
                     self.notifier.ready(self.status())
                     self.ready = True
                     log.info("ready: %s", self.status())
-                    selector.register(self.monitor.fileno(), selectors.EVENT_READ, "monitor")
-                    selector.register(rsock, selectors.EVENT_READ, "signal")
-                    self._loop(selector, rsock)
+                    self._loop()
                 self.notifier.stopping()
-                if self.aborting:
+                if self.signals.aborting:
                     log.error("aborted (SIGABRT: the watchdog?): %s", self.status())
                 else:
                     log.info("stopping: %s", self.status())
-            return 1 if self.aborting else 0
+            return 1 if self.signals.aborting else 0
         finally:
-            selector.close()
-            signal.set_wakeup_fd(old_wakeup)
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
-            rsock.close()
-            wsock.close()
             self.state.unlock()
 
-    def _loop(self, selector, rsock) -> None:
-        while not self.stopping:
-            now = time.monotonic()
-            self._ping(now)
-            timeouts = [t - now for t in (self.pending.deadline, self.rescan_at,
-                                          self.next_watchdog if self.watchdog_period else None) if t is not None]
-            for key, _ in selector.select(max(0.0, min(timeouts)) if timeouts else None):
-                if key.data == "signal":
-                    try:
-                        rsock.recv(64)  # the handler did the work: this only woke select()
-                    except BlockingIOError:
-                        pass
-                else:
-                    self._drain()
-            if self.reload_wanted:
-                self.reload()
-            if not self.stopping and self.rescan_at is not None and time.monotonic() >= self.rescan_at:
+    def _start_up(self) -> None:
+        """Boot-offline memory before READY=1; a block still without its node
+        link after that is left to the loop."""
+        start = time.monotonic()
+        while self.pending and not self.signals.stopping and time.monotonic() - start < LINK_WAIT + Pending.RETRY:
+            time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
+            self.process_batch()
+
+    def _loop(self) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.monitor.fileno(), selectors.EVENT_READ, self._drain)
+            selector.register(self.signals, selectors.EVENT_READ, self.signals.drain)
+            while not self.signals.stopping:
+                now = time.monotonic()
+                self.watchdog.ping(now)
+                deadlines = [t for t in (self.pending.deadline, self.rescan_at, self.watchdog.due_at())
+                             if t is not None]
+                for key, _ in selector.select(max(0.0, min(deadlines) - now) if deadlines else None):
+                    key.data()  # drain the uevents, or the signal socket
+                if self.signals.reload_wanted:
+                    self.reload()
+                if not self.signals.stopping and self.rescan_at is not None and time.monotonic() >= self.rescan_at:
+                    self.rescan()
+                if not self.signals.stopping and self.pending.due(time.monotonic()):
+                    self.process_batch()
+                if self.blocks.handled.dirty:  # blocks seen online through uevents: a restart must know them
+                    self.blocks.save()
+
+    # -- uevents --------------------------------------------------------------
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                device = self.monitor.poll(timeout=0)
+            except OSError as e:
+                log.warning("uevents may have been lost (%s): rescanning every block", e)
                 self.rescan()
-            if not self.stopping and self.pending.due(time.monotonic()):
-                self.process_batch()
-            if self.handled.dirty:  # blocks seen online through uevents: a restart must know them
-                self.handled.save()
+                return
+            if device is None:
+                return
+            self.on_event(device.action, device.sys_name)
 
-    def _on_signal(self, signum, _frame) -> None:
-        # Runs in the main thread between two bytecodes, also in a long batch:
-        # flags only, so that no exit path is cut short (a batch sees them in
-        # _go_on, the loop after select()).
-        if signum == signal.SIGHUP:
-            self.reload_wanted = True
-        else:
-            self.stopping = True
-            self.aborting = self.aborting or signum == signal.SIGABRT
+    def on_event(self, action: str, sys_name: str) -> None:
+        index = B.numbered(sys_name, "memory")
+        if index is None:
+            return
+        if action == "add":
+            if index not in self.pending and self.blocks.known(index):
+                # Not new memory: offline, it was offlined by an administrator.
+                self.blocks.refresh(index)
+            else:
+                self.pending.add(index, time.monotonic())
+        elif action in ("online", "offline", "change"):
+            if index not in self.pending:  # else the batch will read it
+                self.blocks.changed(action, index)
+        elif action == "remove":
+            self.blocks.removed(index)
+            self.pending.discard(index)
+        # other actions (bind, move, ...) say nothing about memory
 
-    def _ping(self, now: float) -> None:
-        if self.watchdog_period is not None and now >= self.next_watchdog:
-            self.notifier.watchdog()
-            self.next_watchdog = now + self.watchdog_period
+    def scan(self) -> None:
+        now = time.monotonic()
+        for index in self.blocks.scan():
+            self.pending.add(index, now)
+        if self.pending:
+            self.pending.deadline = now
+
+    def rescan(self) -> None:
+        """Every block again (events were lost). What was pending stays
+        pending; a failed rescan is tried again a second later."""
+        try:
+            self.scan()
+        except SystemDataError as err:
+            log.error("%s; rescanning again in a second", err)
+            self.rescan_at = time.monotonic() + 1.0
+            return
+        self.rescan_at = None
+
+    # -- a batch: decide, write, notify -----------------------------------------
+
+    def process_batch(self) -> None:
+        seen = self.pending.take()
+        reread = self.blocks.reread(seen)
+        now = time.monotonic()
+        if reread.wait:  # read the batch again a little later
+            self.pending.put_back(seen, max(self.pending.settle, 0.005), now)
+            return
+        if reread.no_node:  # never decided without its node; looked at again, however long it takes
+            self.pending.put_back({i: seen[i] for i in reread.no_node}, Pending.RETRY, now)
+        blocks = self.blocks.machine.blocks
+        for index in sorted(seen):
+            block = blocks.get(index)
+            if block is not None and block.online and self.kernel_mode:
+                log.info("memory%d: onlined by the kernel to %s (%s)", index, block.zone, block.device)
+            elif block is not None and block.online:
+                log.warning("memory%d: was already online in %s when memonlined got to it "
+                            "(onlined by someone else)", index, block.zone)
+                self.counts["conflicts"] += 1
+        self._online([i for i in sorted(seen) if i in blocks and not blocks[i].online])
+        if self.ready:  # before READY=1, the start-up's own status follows
+            self.notifier.status(self.status())
+
+    def _online(self, indexes) -> None:
+        machine = self.blocks.machine
+        if self.kernel_mode:
+            for index in indexes:
+                if not self._go_on(machine.blocks[index]):
+                    break
+                error = online_by_kernel(self.writer, index)
+                if error is not None:
+                    log.error("memory%d: online failed (%s); the block stays offline", index, error)
+                    self.counts["failed"] += 1
+                    continue
+                block = machine.blocks.get(index) if self.writer.dry_run else self.blocks.refresh(index)
+                log.info("memory%d: the kernel onlined it to %s", index, block.zone if block else "?")
+                self.counts["onlined"] += 1
+        elif indexes:
+            planner = Planner(machine, self.settings)
+            for outcome in online_blocks(self.writer, planner, indexes, self._go_on):
+                block = machine.blocks.get(outcome.decision.block)
+                if outcome.zone is not None and block is not None:
+                    # The instance read before the write: one replaced since is new memory.
+                    self.blocks.handled.mark(block.index, block.instance)
+                self.counts[{FAILED: "failed", ALREADY_ONLINE: "conflicts"}.get(outcome.result, "onlined")] += 1
+        if self.signals.stopping:
+            left = [i for i in indexes if machine.blocks.get(i) is not None and not machine.blocks[i].online]
+            if left:
+                log.warning("stopping before %d blocks were decided (%s): they stay offline until "
+                            "memonlined starts again", len(left), format_runs(left))
+        self.blocks.save()
 
     def _go_on(self, block) -> bool:
         """Asked before each block of a batch: the watchdog is pinged however
         long the batch, and a stop ends it at once but for the rest of a
         DIMM or dax device, which the kernel decides as a whole."""
-        self._ping(time.monotonic())
-        if not self.stopping:
+        self.watchdog.ping(time.monotonic())
+        if not self.signals.stopping:
             self._finishing = block.group
             return True
         group = block.group
-        return not self.aborting and group is not None and not group.dynamic and group is self._finishing
+        return not self.signals.aborting and group is not None and not group.dynamic and group is self._finishing
 
-    # -- configuration -----------------------------------------------------
-
-    def _configure_kernel(self) -> None:
-        params = {}
-        for name in self.backend.listdir(B.PARAMETERS):
-            try:
-                params[name] = self.backend.read(f"{B.PARAMETERS}/{name}").strip()
-            except OSError:
-                continue
+    def status(self) -> str:
+        m = self.blocks.machine
+        online = sum(1 for b in m.blocks.values() if b.online)
+        usable = ""
         try:
-            configure_kernel(self.writer, self.settings, params)
-        except OSError as e:
-            log.error("kernel mode: cannot configure the kernel's policy (%s); memonlined decides instead",
-                      e.strerror or e)
-            self.kernel_mode = False
+            usable = f", {format_size(parse_meminfo(self.backend.read(B.MEMINFO))['MemTotal'])} usable"
+        except (OSError, ParseError, KeyError):
+            pass
+        return (f"{online} of {len(m.blocks)} blocks online{usable}; onlined {self.counts['onlined']}, "
+                f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
+
+    # -- configuration ----------------------------------------------------------
 
     def reload(self) -> None:
-        self.reload_wanted = False
+        self.signals.reload_wanted = False
         self.notifier.reloading()
         try:
             new = self.reload_settings()
@@ -326,216 +434,10 @@ class Daemon:
         log.info("configuration reloaded%s", f"; {', '.join(later)}: in force from the next start" if later else "")
         self.notifier.reloaded()
 
-    # -- reading the machine ------------------------------------------------
-
-    def status(self) -> str:
-        m = self.machine
-        online = sum(1 for b in m.blocks.values() if b.online)
-        usable = ""
+    def _configure_kernel(self) -> None:
         try:
-            usable = f", {format_size(parse_meminfo(self.backend.read(B.MEMINFO))['MemTotal'])} usable"
-        except (OSError, ParseError, KeyError):
-            pass
-        return (f"{online} of {len(m.blocks)} blocks online{usable}; onlined {self.counts['onlined']}, "
-                f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
-
-    def scan(self) -> None:
-        """Read everything; the offline blocks that are ours to online become a
-        batch: all of them at the first start in a boot; after a restart or
-        lost events, those not handled before (an offline block handled
-        before, the same instance, was offlined by an administrator)."""
-        # The instances first (as refresh() does): a block replaced while the
-        # machine is read is then taken for new, never the other way round.
-        present = self.backend.block_indexes()
-        instances = {index: self.backend.block_instance(index) for index in present}
-        self.machine, self.reader = read_machine(self.backend, self.facts)
-        self.layout_stale = False
-        for warning in self.machine.warnings:
-            log.warning("%s", warning)
-        self.machine.warnings.clear()
-        left, now = [], time.monotonic()
-        for index in present:
-            block = self.machine.blocks.get(index)
-            instance = instances[index]
-            if block is not None:
-                block.instance = instance
-            if block is not None and block.online:
-                self.handled.mark(index, instance)
-            elif block is not None and self.handled.same(index, instance):
-                left.append(index)
-            else:  # new, re-added at a reused index, or not readable yet (no node link)
-                self.handled.forget(index)
-                self.pending.add(index, now)
-        for index in set(self.handled.blocks) - set(present):
-            self.handled.forget(index)
-        if left:
-            log.info("leaving %d offline blocks alone that were online before (offlined by an administrator): %s",
-                     len(left), format_runs(left))
-        if self.pending:
-            self.pending.deadline = now
-        self.handled.save()
-        self._save_facts()
-
-    def refresh(self, index: int) -> None:
-        """Re-read one block and move the model's accounting to what it says."""
-        old = self.machine.blocks.pop(index, None)
-        if old is not None:
-            self.machine.remove_online(old)
-        # The instance first: if the block is replaced meanwhile, what was read
-        # belongs to the instance recorded, never the other way round.
-        instance = self.backend.block_instance(index)
-        block = self.reader.read_block(index)
-        if block is None:
-            if old is not None:
-                self._gone(old)
-            return
-        block.instance = instance
-        self.machine.blocks[index] = block
-        if block.online:
-            self.machine.add_online(block, block.zone)
-            self.handled.mark(index, instance)
-
-    # -- events -----------------------------------------------------------
-
-    def on_event(self, action: str, sys_name: str) -> None:
-        index = B.numbered(sys_name, "memory")
-        if index is None:
-            return
-        if action == "add":
-            if index not in self.pending and self.handled.same(index, self.backend.block_instance(index)):
-                # The block memonlined knows (a synthetic add from `udevadm
-                # trigger`, or a repeat): not new memory. Offline, it was
-                # offlined by an administrator.
-                self.refresh(index)
-                return
-            self.pending.add(index, time.monotonic())
-        elif action in ("online", "offline", "change"):
-            if index in self.pending:
-                return  # the batch will read it
-            block = self.machine.blocks.get(index)
-            if block is not None and action != "change" and (not block.online) == (action == "offline"):
-                return  # the model says so already: memonlined made this change itself
-            self.refresh(index)
-        elif action == "remove":
-            self.layout_stale = True  # a device may be going away, and another come in its place
-            block = self.machine.blocks.pop(index, None)
-            if block is not None:
-                self.machine.remove_online(block)
-                self._gone(block)
-            self.handled.forget(index)
-            self.pending.discard(index)
-        # other actions (bind, move, ...) say nothing about memory
-
-    def _gone(self, block) -> None:
-        """BLOCK is no more; when it was its device's last, a device of the
-        same name later (virtioN and PNP0C80:XX names are reused) is another."""
-        group = block.group
-        if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
-            self.machine.drop_group(group.name)
-            self.reader.forget_device(group.name)
-
-    def process_batch(self) -> None:
-        seen = self.pending.take()
-        batch = sorted(seen)
-        # New devices bring new iomem resources; more blocks of a virtio-mem or
-        # dax device already known do not (a growing virtio-mem device adds a
-        # few blocks at a time, and under TCG each re-read costs milliseconds).
-        if self.layout_stale or not all(self.reader.in_driver_range(i) for i in batch):
-            self.reader.read_layout()
-            self.layout_stale = False
-        for index in batch:
-            self.refresh(index)
-        self.reader.size_dimms()
-        # A block whose node link is not there yet (the add uevent comes
-        # before it), or a DIMM still being added (its firmware_node links
-        # come after all its blocks): read the batch again a little later.
-        blocks = self.machine.blocks
-        now = time.monotonic()
-        no_node = [i for i in batch if i not in blocks and self.backend.exists(B.block_dir(i))]
-        unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.reader.unlinked(blocks[i])]
-        if any(now - seen[i] < LINK_WAIT for i in no_node + unlinked):
-            self.pending.put_back(seen, max(self.pending.settle, 0.005), now)
-            self.machine.warnings.clear()
-            return
-        if no_node:  # never decided without its node; looked at again, however long it takes
-            self.pending.put_back({i: seen[i] for i in no_node}, Pending.RETRY, now)
-        for warning in self.machine.warnings:
-            log.warning("%s", warning)
-        self.machine.warnings.clear()
-        for index in batch:
-            block = blocks.get(index)
-            if block is not None and block.online and self.kernel_mode:
-                log.info("memory%d: onlined by the kernel to %s (%s)", index, block.zone, block.device)
-            elif block is not None and block.online:
-                log.warning("memory%d: was already online in %s when memonlined got to it "
-                            "(onlined by someone else)", index, block.zone)
-                self.counts["conflicts"] += 1
-        self._online([i for i in batch if i in blocks and not blocks[i].online])
-        if self.ready:  # before READY=1, the start-up's own status follows
-            self.notifier.status(self.status())
-
-    def _online(self, indexes) -> None:
-        if self.kernel_mode:
-            for index in sorted(indexes):
-                if not self._go_on(self.machine.blocks[index]):
-                    break
-                error = online_by_kernel(self.writer, index)
-                if error is not None:
-                    log.error("memory%d: online failed (%s); the block stays offline", index, error)
-                    self.counts["failed"] += 1
-                    continue
-                if not self.writer.dry_run:
-                    self.refresh(index)
-                block = self.machine.blocks.get(index)
-                log.info("memory%d: the kernel onlined it to %s", index, block.zone if block else "?")
-                self.counts["onlined"] += 1
-        elif indexes:
-            planner = Planner(self.machine, self.settings)
-            for outcome in online_blocks(self.writer, planner, indexes, self._go_on):
-                block = self.machine.blocks.get(outcome.decision.block)
-                if outcome.zone is not None and block is not None:
-                    # The instance read before the write: one replaced since is new memory.
-                    self.handled.mark(block.index, block.instance)
-                if outcome.result == FAILED:
-                    self.counts["failed"] += 1
-                elif outcome.result == ALREADY_ONLINE:
-                    self.counts["conflicts"] += 1
-                else:
-                    self.counts["onlined"] += 1
-        if self.stopping:
-            left = [i for i in indexes if self.machine.blocks.get(i) is not None
-                    and not self.machine.blocks[i].online]
-            if left:
-                log.warning("stopping before %d blocks were decided (%s): they stay offline until "
-                            "memonlined starts again", len(left), format_runs(left))
-        self.handled.save()
-        self._save_facts()
-
-    def _save_facts(self) -> None:
-        if self.facts != self._saved_facts:
-            self.state.save(DEVICES, {"facts": self.facts})
-            self._saved_facts = copy.deepcopy(self.facts)
-
-    def rescan(self) -> None:
-        """Every block again (events were lost). What was pending stays
-        pending; a failed rescan is tried again a second later."""
-        try:
-            self.scan()
-        except SystemDataError as err:
-            log.error("%s; rescanning again in a second", err)
-            self.rescan_at = time.monotonic() + 1.0
-            return
-        self.rescan_at = None
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                device = self.monitor.poll(timeout=0)
-            except OSError as e:
-                log.warning("uevents may have been lost (%s): rescanning every block", e)
-                self.rescan()
-                return
-            if device is None:
-                return
-            self.on_event(device.action, device.sys_name)
-
+            configure_kernel(self.writer, self.settings, read_kernel_params(self.backend))
+        except OSError as e:
+            log.error("kernel mode: cannot configure the kernel's policy (%s); memonlined decides instead",
+                      e.strerror or e)
+            self.kernel_mode = False

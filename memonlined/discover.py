@@ -300,6 +300,16 @@ def discover(backend: B.Backend) -> Machine:
     return read_machine(backend)[0]
 
 
+def read_kernel_params(backend: B.Backend) -> Dict[str, str]:
+    """The memory_hotplug module's parameters (5.15+: the kernel's own policy)."""
+    params = {}
+    for name in backend.listdir(B.PARAMETERS):
+        value = _read_optional(backend, f"{B.PARAMETERS}/{name}")
+        if value is not None:
+            params[name] = value
+    return params
+
+
 def read_machine(backend: B.Backend, facts: Optional[dict] = None) -> Tuple[Machine, Reader]:
     """discover(), and the Reader it used, for re-reading single blocks later.
     FACTS: what an earlier reader learned about devices (Reader.facts)."""
@@ -311,10 +321,7 @@ def read_machine(backend: B.Backend, facts: Optional[dict] = None) -> Tuple[Mach
     reader.read_layout()
     machine.auto_online_blocks = _read_optional(backend, f"{B.MEMORY}/auto_online_blocks")
     machine.kernel_release = _read_optional(backend, B.OSRELEASE)
-    for name in backend.listdir(B.PARAMETERS):
-        value = _read_optional(backend, f"{B.PARAMETERS}/{name}")
-        if value is not None:
-            machine.kernel_params[name] = value
+    machine.kernel_params = read_kernel_params(backend)
     if reader.e820 is None:
         machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): taking memory without a "
                                 "device that was online at the first look in this boot as boot memory")
@@ -327,11 +334,11 @@ def read_machine(backend: B.Backend, facts: Optional[dict] = None) -> Tuple[Mach
         if block is not None:
             machine.blocks[index] = block
     reader.size_dimms()
-    _account(machine, zoneinfo, machine.block_pages)
+    _account(machine, zoneinfo)
     return machine, reader
 
 
-def _account(machine: Machine, zoneinfo, block_pages: int) -> None:
+def _account(machine: Machine, zoneinfo) -> None:
     """Node statistics from /proc/zoneinfo, minus what the blocks say is hot-plugged."""
     for z in zoneinfo:
         node = machine.nodes.setdefault(z.node, NodeStats())
@@ -341,18 +348,8 @@ def _account(machine: Machine, zoneinfo, block_pages: int) -> None:
             node.kernel_early += z.present - z.cma
             node.movable += z.cma
     for block in machine.blocks.values():
-        if not block.online:
-            continue
-        node = machine.nodes.setdefault(block.node, NodeStats())
-        movable = block.zone == MOVABLE
-        if block.group is not None:
-            if movable:
-                block.group.movable_pages += block_pages
-            else:
-                block.group.kernel_pages += block_pages
-        if not movable and not block.early:
-            node.kernel_early -= block_pages
-            node.hotplugged_kernel += block_pages
+        if block.online and not block.early:
+            machine.count_hotplugged(block)
     for nid, node in sorted(machine.nodes.items()):
         if node.kernel_early < 0:
             machine.warnings.append(f"node {nid}: more hot-plugged kernel memory than /proc/zoneinfo "

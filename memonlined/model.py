@@ -144,16 +144,24 @@ class Machine:
             self._account(block, zone, -self.block_pages)
         block.state = "offline"
 
-    def _account(self, block: Block, zone: str, pages: int) -> None:
+    def count_hotplugged(self, block: Block) -> None:
+        """An online hot-plugged block that /proc/zoneinfo's present pages
+        counted as if it were early memory (zoneinfo cannot tell them apart):
+        moved to the hot-plugged side and to its group."""
+        self._account(block, block.zone, -self.block_pages, early=True)
+        self._account(block, block.zone, self.block_pages)
+
+    def _account(self, block: Block, zone: str, pages: int, early: bool = False) -> None:
         node = self.nodes.setdefault(block.node, NodeStats())
         movable = zone == MOVABLE
+        early = early or block.early
         if movable:
             node.movable += pages
-        elif block.early:
+        elif early:
             node.kernel_early += pages
         else:
             node.hotplugged_kernel += pages
-        if block.group is not None and not block.early:
+        if block.group is not None and not early:
             if movable:
                 block.group.movable_pages += pages
             else:

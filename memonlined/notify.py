@@ -66,3 +66,22 @@ class Systemd:
             self._sock.close()
             self._sock = None
 
+
+
+class Watchdog:
+    """WATCHDOG=1 every half WatchdogSec, however long a batch takes (the
+    daemon pings before each block)."""
+
+    def __init__(self, notifier: Systemd):
+        self.notifier = notifier
+        self.period = notifier.watchdog_period()
+        self.next = 0.0
+
+    def ping(self, now: float) -> None:
+        if self.period is not None and now >= self.next:
+            self.notifier.watchdog()
+            self.next = now + self.period
+
+    def due_at(self) -> Optional[float]:
+        """When the next ping is due; None: no watchdog."""
+        return self.next if self.period is not None else None

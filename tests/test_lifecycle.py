@@ -10,7 +10,7 @@ import time
 
 from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
 from fakekernel import FakeKernel
-from kernelbackend import KernelBackend, kernel_online_all
+from kernelbackend import KernelBackend, kernel_online_all, memonlined
 from memonlined.discover import SystemDataError
 from memonlined.policy import Settings
 
@@ -44,7 +44,7 @@ def test_a_crash_in_the_loop_puts_auto_online_blocks_back(tmp_path):
 
     def script(run):
         assert read(kernel, AUTO_ONLINE) == "offline"
-        run.daemon.refresh = crash
+        run.daemon.blocks.refresh = crash
         run.locked("write_state", 5, "offline")   # an event the daemon reads: the bug strikes
 
     rc = run(script, stop=False)
@@ -64,6 +64,26 @@ def test_after_a_sigkill_the_next_daemon_puts_the_original_value_back(tmp_path):
     Run(kernel, state)(lambda run: None)
     assert read(kernel, AUTO_ONLINE) == "online"
     assert {kernel.layout()[i] for i in range(48, 56)} == {"Movable"}  # onlined by memonlined, not the kernel
+
+
+def test_doctor_while_memonlined_has_taken_over_still_gives_the_boot_advice(tmp_path):
+    """After the take-over auto_online_blocks reads offline: doctor learns from the
+    running daemon's record that the kernel onlined at boot, and says what to do."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones", auto_online="online")
+    state = str(tmp_path / "run")
+    outs = []
+
+    def script(run):
+        assert read(kernel, AUTO_ONLINE) == "offline"
+        outs.append(memonlined(kernel, "doctor", "--state-dir", state)[1])
+
+    Run(kernel, state)(script)
+    assert "auto_online_blocks: offline" in outs[0] and "took it over from online" in outs[0], outs[0]
+    assert "memhp_default_state=offline" in outs[0] and "GRUB_CMDLINE_LINUX" in outs[0], outs[0]
+    after = memonlined(kernel, "doctor", "--state-dir", state)[1]   # stopped: put back, record gone
+    assert "auto_online_blocks: online  <- the kernel onlines" in after and "took it over" not in after, after
+    kernel.set_param("auto_online_blocks", "offline")
+    assert "GRUB_CMDLINE_LINUX" not in memonlined(kernel, "doctor", "--state-dir", state)[1]
 
 
 def test_a_record_of_another_boot_is_not_put_back(tmp_path):

@@ -245,8 +245,10 @@ def memonlined_args(ratio=301, numa_aware=True):
 @contextlib.contextmanager
 def boot(suite, mode, label, ratio=301, numa_aware=True, cpus=1, extra_append=(), **kw):
     """A guest for MODE ("memonlined": memhp offline, memonlined installed;
-    "kernel": the kernel's policy onlines). Records boot and total time."""
-    append = kernel_append(ratio, numa_aware) if mode == "kernel" else ["memhp_default_state=offline"]
+    "kernel": the kernel's policy onlines; "default": the kernel's own
+    default boot options). Records boot and total time."""
+    append = {"kernel": kernel_append(ratio, numa_aware), "memonlined": ["memhp_default_state=offline"],
+              "default": []}[mode]
     append = [*append, *extra_append]
     t0 = time.monotonic()
     for attempt in (1, 2):
@@ -631,6 +633,49 @@ def dax_kmem(suite, mode, sizes=(1 * GiB, 4 * GiB, 2 * GiB), ratio=100):
     return res
 
 
+# -- scenario 8's twin: the systemd guests' memory history, onlined by the kernel -------
+
+# test_systemd.py's guests: 2 GiB, one vCPU; a 2 GiB DIMM and a virtio-mem
+# device at start (asking for START), then a 4 GiB DIMM hot-plugged and the
+# virtio-mem device grown to GROWN.
+SYSTEMD_MEMORY = dict(memory_mib=2048, slots=4, maxmem_mib=16384)
+SYSTEMD_HISTORY = {"offline": (GiB, 2 * GiB), "default": (0, GiB)}  # boot -> (START, GROWN)
+
+
+def systemd_guest_opts(boot):
+    start, _ = SYSTEMD_HISTORY[boot]
+    return ["-object memory-backend-ram,id=c0-mem,size=2G,reserve=off", "-device pc-dimm,id=c0,memdev=c0-mem",
+            *virtio_mem_opts("vm0", 4 * GiB, requested=start)]
+
+
+def systemd_twin(suite, mode, boot_kind="offline"):
+    """The kernel's layouts for test_systemd.py's history. BOOT_KIND "offline":
+    the kernel's policy onlines from the start. "default": Debian's own boot
+    (the kernel onlines by its default), the auto-movable policy set only
+    after boot, as memonlined takes over there; memory at start is the DIMM."""
+    assert mode == "kernel", mode
+    start, grown = SYSTEMD_HISTORY[boot_kind]
+    res = {}
+    with boot(suite, "kernel" if boot_kind == "offline" else "default", f"systemd-twin-{boot_kind}",
+              qemu_opts=systemd_guest_opts(boot_kind), **SYSTEMD_MEMORY) as g:
+        g.sh("modprobe virtio_mem")
+        count = 16 + 16 + start // BLOCK  # boot memory, the DIMM, virtio-mem at start
+        deadline = time.monotonic() + 180
+        while plugged(g, "vm0") != start:
+            if time.monotonic() > deadline:
+                raise GuestError("virtio-mem did not plug its requested size")
+            time.sleep(0.3)
+        res["start"] = wait_layout(g, all_online(count, 16), "memory at start online")
+        if boot_kind == "default":
+            params = "/sys/module/memory_hotplug/parameters"
+            g.sh(f"echo 301 > {params}/auto_movable_ratio && echo auto-movable > {params}/online_policy")
+        g.add_dimm("d0", 4 * GiB)
+        res["dimm"] = wait_layout(g, all_online(count + 32, 48), "the hot-plugged DIMM online")
+        resize(g, "vm0", grown)
+        res["final"] = wait_layout(g, all_online(count + 32 + (grown - start) // BLOCK, 48), "virtio-mem grown")
+    return res
+
+
 # What the kernel-policy runs are, by scenario name (see conftest.Oracles).
 ORACLES = {
     "dimms": (dimms, {}),
@@ -641,6 +686,8 @@ ORACLES = {
     "virtio-mem-bbm": (virtio_mem_bbm, {}),
     "numa-empty-node": (numa_empty_node, {}),
     "dax-kmem": (dax_kmem, {}),
+    "systemd-offline": (systemd_twin, {"boot_kind": "offline"}),
+    "systemd-default": (systemd_twin, {"boot_kind": "default"}),
 }
 
 

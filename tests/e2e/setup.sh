@@ -9,6 +9,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=/var/cache/memonlined-e2e
 . "$(dirname "$0")/debian-archive.sh"
+. "$(dirname "$0")/kernel-debs.sh"
 MIRROR=$DEBIAN_ARCHIVE
 SUITES=(bullseye bookworm trixie)
 
@@ -52,19 +53,10 @@ for suite in "${SUITES[@]}"; do
         pkg=$(apt-cache "${APTOPTS[@]}" depends linux-image-amd64 |
               sed -n 's/^ *Depends: \(linux-image-[0-9][^ ]*\)$/\1/p' | head -1)
         [ -n "$pkg" ] || die "no kernel package found for $suite"
-        (cd "$d" && apt-get "${APTOPTS[@]}" download "$pkg") || die "apt-get download $pkg ($suite)"
+        pkgs=$(apt-cache "${APTOPTS[@]}" depends "$pkg" | kernel_packages)
+        (cd "$d" && apt-get "${APTOPTS[@]}" download $pkgs) || die "apt-get download $pkgs ($suite)"
     fi
-    deb=$(ls "$d"/linux-image-*.deb | head -1)
-    x=$d/extract
-    if [ ! -d "$x/boot" ]; then
-        rm -rf "$x"
-        dpkg-deb -x "$deb" "$x" || die "dpkg-deb -x $deb"
-    fi
-    vmlinuz=$(ls "$x"/boot/vmlinuz-* | head -1)
-    version=${vmlinuz##*/vmlinuz-}
-    src=$x/lib/modules/$version
-    [ -d "$src" ] || src=$x/usr/lib/modules/$version  # merged-/usr layout (trixie)
-    [ -d "$src" ] || die "no modules for $version in $deb"
+    read -r version vmlinuz src < <(kernel_from_debs "$d" "$d/extract") || die "no kernel in $d"
     if [ ! -f "/lib/modules/$version/modules.dep" ]; then
         mkdir -p "/lib/modules/$version"
         cp -a "$src/." "/lib/modules/$version/"

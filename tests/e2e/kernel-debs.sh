@@ -1,0 +1,37 @@
+# Sourced by setup.sh: a Debian kernel from its packages, in both layouts.
+# Up to Debian's 6.x kernels linux-image-V holds the image (/boot/vmlinuz-V)
+# and the modules; from 7.x linux-image-V is split: it depends on
+# linux-binary-V (the image, /usr/lib/modules/V/vmlinuz) and linux-modules-V.
+
+# The packages of a kernel: the linux-image package named on stdin's first
+# line, and the linux-binary and linux-modules packages it depends on, read
+# from `apt-cache depends` of it on stdin.
+kernel_packages() {
+    sed -n -e '1s/^\(linux-image-[^ ]*\)$/\1/p' \
+           -e 's/^ *|\{0,1\}Depends: \(linux-\(binary\|modules\)-[0-9][^ ]*\)$/\1/p'
+}
+
+# Extract every kernel package in DEBDIR into OUT (once) and print
+# "VERSION VMLINUZ MODULES" of the kernel found there.
+kernel_from_debs() {
+    local debdir=$1 out=$2 vmlinuz version modules
+    if [ ! -e "$out/.complete" ]; then
+        rm -rf "$out"
+        mkdir -p "$out"
+        for deb in "$debdir"/linux-*.deb; do
+            dpkg-deb -x "$deb" "$out" || return 1
+        done
+        touch "$out/.complete"
+    fi
+    vmlinuz=$(ls "$out"/boot/vmlinuz-* "$out"/usr/lib/modules/*/vmlinuz "$out"/lib/modules/*/vmlinuz 2>/dev/null | head -1)
+    [ -n "$vmlinuz" ] || { echo "no kernel image (boot/vmlinuz-V or usr/lib/modules/V/vmlinuz) in $debdir" >&2; return 1; }
+    case $vmlinuz in
+        */boot/vmlinuz-*) version=${vmlinuz##*/vmlinuz-} ;;
+        *) version=$(basename "$(dirname "$vmlinuz")") ;;
+    esac
+    for modules in "$out/lib/modules/$version" "$out/usr/lib/modules/$version" ""; do
+        [ -n "$modules" ] && [ -d "$modules/kernel" ] && break
+    done
+    [ -n "$modules" ] || { echo "no modules for $version in $debdir" >&2; return 1; }
+    echo "$version $vmlinuz $modules"
+}
