@@ -15,7 +15,8 @@ pytestmark = pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs 
 
 
 def sh(command, stdin=""):
-    p = subprocess.run(["bash", "-c", f'. "{SCRIPT}"; {command}'], input=stdin, capture_output=True, text=True)
+    # As setup.sh runs it: errexit and pipefail.
+    p = subprocess.run(["bash", "-c", f'set -euo pipefail; . "{SCRIPT}"; {command}'], input=stdin, capture_output=True, text=True)
     return p.returncode, p.stdout, p.stderr
 
 

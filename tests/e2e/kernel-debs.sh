@@ -23,7 +23,7 @@ kernel_from_debs() {
         done
         touch "$out/.complete"
     fi
-    vmlinuz=$(ls "$out"/boot/vmlinuz-* "$out"/usr/lib/modules/*/vmlinuz "$out"/lib/modules/*/vmlinuz 2>/dev/null | head -1)
+    vmlinuz=$(ls "$out"/boot/vmlinuz-* "$out"/usr/lib/modules/*/vmlinuz "$out"/lib/modules/*/vmlinuz 2>/dev/null | head -1 || true)
     [ -n "$vmlinuz" ] || { echo "no kernel image (boot/vmlinuz-V or usr/lib/modules/V/vmlinuz) in $debdir" >&2; return 1; }
     case $vmlinuz in
         */boot/vmlinuz-*) version=${vmlinuz##*/vmlinuz-} ;;
