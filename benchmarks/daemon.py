@@ -27,11 +27,11 @@ import psutil
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from fakekernel import FakeKernel  # noqa: E402
-from fakemonitor import FakeMonitor, FakeSystemd  # noqa: E402
-from memonlined.backend import Backend  # noqa: E402
-from memonlined.daemon import Daemon  # noqa: E402
-from memonlined.policy import Settings  # noqa: E402
+from fakekernel import FakeKernel
+from fakemonitor import FakeMonitor, FakeSystemd
+from memonlined.backend import Backend
+from memonlined.daemon import Daemon
+from memonlined.policy import Settings
 
 GiB = 1 << 30
 

@@ -23,9 +23,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
-from guest import GiB, virtio_mem_opts  # noqa: E402
-from guests import bench_guest, plugged  # noqa: E402
-from scenarios import install_memonlined, start_daemon, stop_daemon  # noqa: E402
+from guest import GiB, virtio_mem_opts
+from guests import bench_guest, plugged
+from scenarios import install_memonlined, start_daemon, stop_daemon
 
 RUNNER = r'''
 import sys, time

@@ -39,8 +39,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
-from guest import GiB, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
-from scenarios import install_memonlined, layout, start_daemon, stop_daemon, summary  # noqa: E402
+from guest import GiB, Guest, GuestError, kernel, virtio_mem_opts
+from scenarios import install_memonlined, layout, start_daemon, stop_daemon, summary
 
 MiB = 1 << 20
 BLOCK = 128 * MiB

@@ -14,8 +14,8 @@ from typing import Dict, Optional
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import Patch
 
 COLOURS = {"Movable": "#2a9d8f", "Normal": "#e76f51", "DMA32": "#f4a261", "DMA": "#e9c46a",
            "none": "#f4a261", None: "#e0e0e0"}

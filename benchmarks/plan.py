@@ -19,7 +19,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from fakekernel import FakeKernel  # noqa: E402
+from fakekernel import FakeKernel
 
 GiB = 1 << 30
 NODES = 4

@@ -10,6 +10,8 @@ import os
 import stat
 from typing import Dict, List, Optional
 
+from .parse import PAGE_SIZE
+
 MEMORY = "sys/devices/system/memory"
 NODE = "sys/devices/system/node"
 ACPI_DEVICES = "sys/bus/acpi/devices"
@@ -44,6 +46,10 @@ def numbered(name: str, prefix: str) -> Optional[int]:
 
 
 class Backend:
+    """Reads and writes beneath ROOT. The tests' KernelBackend is the same
+    over a fake kernel; nothing else in memonlined reads or writes sysfs,
+    procfs or the kernel log."""
+
     def __init__(self, root: str = "/"):
         self.root = os.path.abspath(root)
         self._memory_fd: Optional[int] = None  # sys/devices/system/memory, opened beneath the root
@@ -162,7 +168,7 @@ class Backend:
                     return next(p for p in (4096, 16384, 65536) if abs(size - p) * 8 < p)
         except (OSError, ValueError, IndexError, StopIteration):
             pass
-        return 4096
+        return PAGE_SIZE
 
     def boot_id(self) -> Optional[str]:
         try:

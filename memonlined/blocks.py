@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Dict, List, NamedTuple, Optional
 
-from . import backend as B
+from .backend import Backend, block_dir
 from .discover import Reader, read_machine
 from .model import Block, Machine, format_runs
 from .state import Handled, StateDir
@@ -34,7 +34,10 @@ class Reread(NamedTuple):
 
 
 class Blocks:
-    def __init__(self, backend: B.Backend, state: StateDir):
+    """The model (machine), the Reader that re-reads single blocks, what was
+    handled in this boot, and the facts learned (state.py)."""
+
+    def __init__(self, backend: Backend, state: StateDir):
         self.backend = backend
         self.state = state
         self.handled = Handled(state)
@@ -141,7 +144,7 @@ class Blocks:
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks).
         blocks, now = self.machine.blocks, time.monotonic()
-        no_node = [i for i in batch if i not in blocks and self.backend.exists(B.block_dir(i))]
+        no_node = [i for i in batch if i not in blocks and self.backend.exists(block_dir(i))]
         unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.reader.unlinked(blocks[i])]
         wait = any(now - seen[i] < LINK_WAIT for i in no_node + unlinked)
         if wait:

@@ -10,8 +10,9 @@ import os
 import stat
 from typing import Iterator
 
-from . import backend as B
-from .backend import numbered
+from .backend import (ACPI_DEVICES, AUTO_ONLINE, BLOCK_FILES, BOOT_ID, BOOT_PARAMS, Backend,
+                      FIRMWARE_MEMMAP, IOMEM, KMSG, MEMINFO, MEMORY, NODE, OSRELEASE, PARAMETERS,
+                      SETUP_DATA, ZONEINFO, block_dir, numbered)
 from .conflicts import DAXCTL_CONF_DIR, RULES_DIRS
 
 
@@ -19,36 +20,36 @@ class CaptureError(Exception):
     """OUT cannot be used (one line, naming it)."""
 
 
-def capture_paths(backend: B.Backend) -> Iterator[str]:
+def capture_paths(backend: Backend) -> Iterator[str]:
     """Every file and link memonlined reads, as relative paths."""
-    yield f"{B.MEMORY}/block_size_bytes"
-    yield B.AUTO_ONLINE
+    yield f"{MEMORY}/block_size_bytes"
+    yield AUTO_ONLINE
     for index in backend.block_indexes():
-        d = B.block_dir(index)
+        d = block_dir(index)
         names = backend.listdir(d)
         links = [name for name in names if numbered(name, "node") is not None]
         for name in names:
             if name == "valid_zones" and not links:
                 continue  # reading it before the node is set oopses the kernel (discover.read_block_files)
-            if name in B.BLOCK_FILES or name == "firmware_node" or name in links:
+            if name in BLOCK_FILES or name == "firmware_node" or name in links:
                 yield f"{d}/{name}"
-    for name in backend.listdir(B.NODE):
+    for name in backend.listdir(NODE):
         if numbered(name, "node") is not None:
-            for entry in backend.listdir(f"{B.NODE}/{name}"):
+            for entry in backend.listdir(f"{NODE}/{name}"):
                 if numbered(entry, "memory") is not None:
-                    yield f"{B.NODE}/{name}/{entry}"
-    for name in backend.listdir(B.ACPI_DEVICES):
+                    yield f"{NODE}/{name}/{entry}"
+    for name in backend.listdir(ACPI_DEVICES):
         if name.startswith("PNP0C80:"):
-            yield f"{B.ACPI_DEVICES}/{name}"
-    for name in backend.listdir(B.PARAMETERS):
-        yield f"{B.PARAMETERS}/{name}"
-    yield B.BOOT_PARAMS
-    for node in backend.listdir(B.SETUP_DATA):
-        yield f"{B.SETUP_DATA}/{node}/type"
-        yield f"{B.SETUP_DATA}/{node}/data"
-    for entry in backend.listdir(B.FIRMWARE_MEMMAP):
+            yield f"{ACPI_DEVICES}/{name}"
+    for name in backend.listdir(PARAMETERS):
+        yield f"{PARAMETERS}/{name}"
+    yield BOOT_PARAMS
+    for node in backend.listdir(SETUP_DATA):
+        yield f"{SETUP_DATA}/{node}/type"
+        yield f"{SETUP_DATA}/{node}/data"
+    for entry in backend.listdir(FIRMWARE_MEMMAP):
         for name in ("start", "end", "type"):
-            yield f"{B.FIRMWARE_MEMMAP}/{entry}/{name}"
+            yield f"{FIRMWARE_MEMMAP}/{entry}/{name}"
     # What doctor reads: the udev rules in effect and daxctl's configuration.
     for d in RULES_DIRS:
         for name in sorted(backend.listdir(d)):
@@ -56,11 +57,11 @@ def capture_paths(backend: B.Backend) -> Iterator[str]:
                 yield f"{d}/{name}"
     for name in sorted(backend.listdir(DAXCTL_CONF_DIR)):
         yield f"{DAXCTL_CONF_DIR}/{name}"
-    yield B.ZONEINFO
-    yield B.IOMEM
-    yield B.MEMINFO
-    yield B.OSRELEASE
-    yield B.BOOT_ID
+    yield ZONEINFO
+    yield IOMEM
+    yield MEMINFO
+    yield OSRELEASE
+    yield BOOT_ID
 
 
 def _prepare(out: str) -> int:
@@ -98,7 +99,7 @@ def _dir(top: int, rel_dir: str) -> int:
     return fd
 
 
-def capture(backend: B.Backend, out: str) -> int:
+def capture(backend: Backend, out: str) -> int:
     """Record what memonlined reads into OUT at the same relative paths.
 
     Links are kept as the relative links they are; the kernel log is kept as
@@ -141,7 +142,7 @@ def capture(backend: B.Backend, out: str) -> int:
                 create(rel, data)
             count += 1
         records = [r for r in backend.kernel_log() if "virtio_mem" in r]
-        create(B.KMSG, "".join(r + "\n" for r in records).encode())
+        create(KMSG, "".join(r + "\n" for r in records).encode())
     finally:
         os.close(top)
     return count + 1

@@ -15,7 +15,7 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from . import backend as B
+from .backend import Backend, MEMINFO, PARAMETERS
 from . import config
 from .capture import CaptureError, capture
 from .config import resolve_mode
@@ -90,7 +90,7 @@ def setup_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None, monitor=None,
+def main(argv: Optional[List[str]] = None, backend: Optional[Backend] = None, monitor=None,
          notifier=None) -> int:
     """The composition root. BACKEND replaces the one --root would build (the
     tests' fake kernel), MONITOR the uevent source, NOTIFIER systemd's."""
@@ -106,7 +106,7 @@ def main(argv: Optional[List[str]] = None, backend: Optional[B.Backend] = None, 
 def _main(argv, backend, monitor, notifier) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
-    backend = backend or B.Backend(args.root)
+    backend = backend or Backend(args.root)
     if args.command == "capture":
         try:
             count = capture(backend, args.out)
@@ -159,7 +159,7 @@ def _auto_online_note(machine: Machine) -> None:
                     "new blocks are online before memonlined sees them", machine.auto_online_blocks)
 
 
-def cmd_online(backend: B.Backend, machine: Machine, settings: Settings, dry_run: bool, as_json: bool) -> int:
+def cmd_online(backend: Backend, machine: Machine, settings: Settings, dry_run: bool, as_json: bool) -> int:
     _auto_online_note(machine)
     planner = Planner(machine, settings)
     outcomes = online_blocks(Writer(backend, dry_run), planner, planner.offline_blocks())
@@ -195,17 +195,17 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
-def memory_now(backend: B.Backend) -> dict:
+def memory_now(backend: Backend) -> dict:
     """What the kernel can hand out now, next to the block layout ({} when
     the tree has no proc/meminfo)."""
     try:
-        info = parse_meminfo(backend.read(B.MEMINFO))
+        info = parse_meminfo(backend.read(MEMINFO))
         return {"memory_total": info["MemTotal"], "memory_available": info["MemAvailable"]}
     except (OSError, ParseError, KeyError):
         return {}
 
 
-def cmd_status(backend: B.Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
+def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
     _auto_online_note(machine)
     # The node summary is of the machine as it is, before the planner's what-if.
     mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
@@ -272,13 +272,13 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     return EXIT_OK
 
 
-def run_daemon(backend: B.Backend, settings: Settings, load_settings, args, monitor=None, notifier=None) -> int:
+def run_daemon(backend: Backend, settings: Settings, load_settings, args, monitor=None, notifier=None) -> int:
     from .daemon import Daemon
     from .notify import Systemd
     from .uevents import make_monitor
 
     # The daemon's own start-up reads everything; the mode needs one file.
-    mode, why = resolve_mode(backend.exists(f"{B.PARAMETERS}/online_policy"), settings)
+    mode, why = resolve_mode(backend.exists(f"{PARAMETERS}/online_policy"), settings)
     log.info("mode %s: %s", mode, why)
     for conflict in find_conflicts(backend):
         log.warning("%s", conflict.advice(), extra={"MESSAGE_ID": CONFLICT_MESSAGE_ID, "RULE": conflict.path})
@@ -296,7 +296,7 @@ def run_daemon(backend: B.Backend, settings: Settings, load_settings, args, moni
     return daemon.run()
 
 
-def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_path: Optional[str],
+def cmd_doctor(backend: Backend, machine: Machine, settings: Settings, config_path: Optional[str],
                taken_over: Optional[str] = None) -> int:
     """TAKEN_OVER: what auto_online_blocks was before a memonlined of this boot set it to offline."""
     params = machine.kernel_params
@@ -322,13 +322,14 @@ def cmd_doctor(backend: B.Backend, machine: Machine, settings: Settings, config_
         print(f"  override {key} = {value}")
     print(f"mode in force: {mode} ({why})")
     print(f"memory blocks: {len(machine.blocks)} of {format_size(machine.block_size)}, "
-          f"{sum(b.state == 'offline' for b in machine.blocks.values())} offline")
+          f"{sum(not b.online for b in machine.blocks.values())} offline")
     for name, group in sorted(machine.groups.items()):
         blocks = [b.index for b in machine.blocks.values() if b.group is group]
         size = (f"unit {format_size(group.unit_pages * machine.page_size)}" if group.dynamic
                 else f"size {format_size(group.max_pages * machine.page_size)}")
         print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
-              f"kernel {format_size(group.kernel_pages * machine.page_size)}, movable {format_size(group.movable_pages * machine.page_size)}")
+              f"kernel {format_size(group.kernel_pages * machine.page_size)}, "
+              f"movable {format_size(group.movable_pages * machine.page_size)}")
     conflicts = find_conflicts(backend)
     for conflict in conflicts:
         print("conflict: " + conflict.advice())

@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Iterator, List, Tuple, Union
 
-from . import backend as B
+from .backend import Backend
 
 # The kernel itself is the first other onliner: auto_online_blocks other than offline.
 KERNEL_ONLINES = "the kernel onlines hot-plugged memory itself"
@@ -35,7 +35,7 @@ class RuleConflict:
                 f"disable it with: ln -s /dev/null /etc/udev/rules.d/{name}")
 
 
-def _effective_rules(backend: B.Backend) -> Iterator[Tuple[str, str]]:
+def _effective_rules(backend: Backend) -> Iterator[Tuple[str, str]]:
     """(path, text) of the udev rule files in effect. A file in /etc or /run
     masks one of the same name in /usr/lib or /lib, as udev does; a link to
     /dev/null disables it."""
@@ -53,7 +53,7 @@ def _effective_rules(backend: B.Backend) -> Iterator[Tuple[str, str]]:
             continue
 
 
-def find_udev_rules(backend: B.Backend) -> List[RuleConflict]:
+def find_udev_rules(backend: Backend) -> List[RuleConflict]:
     """Rules in effect that write memory block state."""
     return _rule_conflicts(_effective_rules(backend))
 
@@ -96,7 +96,7 @@ def _false(value: str) -> bool:
     return value[:1] in ("f", "F", "n", "N", "0")
 
 
-def _daxctl_conflicts(backend: B.Backend, rules) -> List[DaxctlConflict]:
+def _daxctl_conflicts(backend: Backend, rules) -> List[DaxctlConflict]:
     """daxctl configuration sections that turn a dax device into system RAM
     and online it, when a udev rule in RULES has daxctl act on them."""
     if not any(_DAXCTL_CHECK_CONFIG.search(text) for _, text in rules):
@@ -127,7 +127,7 @@ def _daxctl_conflicts(backend: B.Backend, rules) -> List[DaxctlConflict]:
     return found
 
 
-def find_conflicts(backend: B.Backend) -> List[Union[RuleConflict, DaxctlConflict]]:
+def find_conflicts(backend: Backend) -> List[Union[RuleConflict, DaxctlConflict]]:
     """Every other onliner: udev rules, then daxctl configuration."""
     rules = list(_effective_rules(backend))  # each rule file read once
     return [*_rule_conflicts(rules), *_daxctl_conflicts(backend, rules)]

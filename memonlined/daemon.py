@@ -16,7 +16,7 @@ import socket
 import time
 from typing import Dict, Optional
 
-from . import backend as B
+from .backend import AUTO_ONLINE, Backend, MEMINFO, numbered
 from .blocks import LINK_WAIT, Blocks
 from .conflicts import BOOT_OFFLINE_ADVICE
 from .discover import SystemDataError, read_kernel_params
@@ -93,13 +93,13 @@ class TakeOver:
         recorded = record.get("original") if record else None
         return recorded if recorded in AUTO_ONLINE_VALUES[1:] else None
 
-    def __init__(self, backend: B.Backend, writer: Writer, state: StateDir, enabled: bool):
+    def __init__(self, backend: Backend, writer: Writer, state: StateDir, enabled: bool):
         self.backend, self.writer, self.state, self.enabled = backend, writer, state, enabled
         self.original: Optional[str] = None  # what to put back; None: nothing taken over
 
     def _current(self) -> Optional[str]:
         try:
-            value = self.backend.read(B.AUTO_ONLINE).strip()
+            value = self.backend.read(AUTO_ONLINE).strip()
         except OSError:
             return None
         return value if value in AUTO_ONLINE_VALUES else None
@@ -130,10 +130,10 @@ class TakeOver:
                       "memonlined only handles what the kernel leaves offline", current)
             return self
         try:
-            self.writer.setting(B.AUTO_ONLINE, "offline")
+            self.writer.setting(AUTO_ONLINE, "offline")
         except OSError as e:
             log.error("cannot set /%s to offline (%s): the kernel goes on onlining hot-plugged memory "
-                      "itself; memonlined only handles what it leaves offline", B.AUTO_ONLINE, e.strerror)
+                      "itself; memonlined only handles what it leaves offline", AUTO_ONLINE, e.strerror)
             self.state.remove(self.RECORD)
             return self
         self.original = current
@@ -151,13 +151,13 @@ class TakeOver:
         current = self._current()
         if current is None:
             log.error("/%s unreadable or unknown at stop: not put back to %s (the record stays for the "
-                      "next memonlined)", B.AUTO_ONLINE, self.original)
+                      "next memonlined)", AUTO_ONLINE, self.original)
             return
         if current != "offline":
             log.warning("auto_online_blocks was set to %s while memonlined ran: left as it is", current)
         else:
             try:
-                self.writer.setting(B.AUTO_ONLINE, self.original)
+                self.writer.setting(AUTO_ONLINE, self.original)
                 log.info("auto_online_blocks put back to %s", self.original)
             except OSError as e:
                 log.error("could not put auto_online_blocks back to %s: %s", self.original, e.strerror)
@@ -214,7 +214,7 @@ class Daemon:
     """`memonlined run`: onlines the blocks offline at start (before READY=1),
     then every block added, in batches, until a stop signal."""
 
-    def __init__(self, backend: B.Backend, settings: Settings, monitor, *, reload, notifier: Optional[Systemd] = None,
+    def __init__(self, backend: Backend, settings: Settings, monitor, *, reload, notifier: Optional[Systemd] = None,
                  state_dir: Optional[str] = "/run/memonlined", dry_run: bool = False, kernel_mode: bool = False):
         self.backend, self.settings, self.monitor = backend, settings, monitor
         self.reload_settings = reload
@@ -305,7 +305,7 @@ class Daemon:
             self.on_event(device.action, device.sys_name)
 
     def on_event(self, action: str, sys_name: str) -> None:
-        index = B.numbered(sys_name, "memory")
+        index = numbered(sys_name, "memory")
         if index is None:
             return
         if action == "add":
@@ -409,7 +409,7 @@ class Daemon:
         online = sum(1 for b in m.blocks.values() if b.online)
         usable = ""
         try:
-            usable = f", {format_size(parse_meminfo(self.backend.read(B.MEMINFO))['MemTotal'])} usable"
+            usable = f", {format_size(parse_meminfo(self.backend.read(MEMINFO))['MemTotal'])} usable"
         except (OSError, ParseError, KeyError):
             pass
         return (f"{online} of {len(m.blocks)} blocks online{usable}; onlined {self.counts['onlined']}, "

@@ -16,7 +16,8 @@ import os
 import re
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
-from . import backend as B
+from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, IOMEM, MEMORY, OSRELEASE, PARAMETERS, SETUP_DATA,
+                      VIRTIO_DEVICES, ZONEINFO, block_dir)
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats, runs
 from .parse import (MOVABLE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_setup_data_e820, parse_state,
@@ -32,7 +33,7 @@ class SystemDataError(Exception):
     """Global data memonlined cannot work without is missing or garbled."""
 
 
-def _read_global(backend: B.Backend, rel: str, parse):
+def _read_global(backend: Backend, rel: str, parse):
     try:
         return parse(backend.read(rel))
     except OSError as e:
@@ -41,7 +42,7 @@ def _read_global(backend: B.Backend, rel: str, parse):
         raise SystemDataError(f"{backend.path(rel)}: {e}") from None
 
 
-def _read_optional(backend: B.Backend, rel: str) -> Optional[str]:
+def _read_optional(backend: Backend, rel: str) -> Optional[str]:
     try:
         return backend.read(rel).strip()
     except OSError:
@@ -85,10 +86,10 @@ def _overlaps(ranges: List[Tuple[int, int]], starts: List[int], start: int, end:
     return i >= 0 and ranges[i][1] > start
 
 
-def read_block_files(backend: B.Backend, index: int, node: Optional[int] = None):
+def read_block_files(backend: Backend, index: int, node: Optional[int] = None):
     """(state, valid_zones, node) of one block. Raises OSError (gone or
     unreadable) or ParseError (garbled); the caller says which file."""
-    d = B.block_dir(index)
+    d = block_dir(index)
     # phys_index must name the block: anything else means the tree is not what it seems.
     if parse_hex(backend.read(f"{d}/phys_index"), "phys_index in hex") != index:
         raise ParseError(f"phys_index does not say {index:08x}")
@@ -109,7 +110,7 @@ class Reader:
     virtio_mem probes) that block classification needs, so that the daemon
     can re-read single blocks without a full discovery."""
 
-    def __init__(self, backend: B.Backend, machine: Machine, facts: Optional[dict] = None):
+    def __init__(self, backend: Backend, machine: Machine, facts: Optional[dict] = None):
         self.backend = backend
         self.machine = machine
         # What was learned in this boot, kept by the daemon in its state
@@ -127,16 +128,16 @@ class Reader:
 
     def read_layout(self) -> None:
         """(Re)read /proc/iomem, and the boot E820 table once. Raises SystemDataError."""
-        iomem = _read_global(self.backend, B.IOMEM, parse_iomem)
+        iomem = _read_global(self.backend, IOMEM, parse_iomem)
         if iomem_hidden(iomem):
-            raise SystemDataError(f"{self.backend.path(B.IOMEM)}: addresses are hidden (all zero); "
+            raise SystemDataError(f"{self.backend.path(IOMEM)}: addresses are hidden (all zero); "
                                   "memonlined needs CAP_SYS_ADMIN (run it as root)")
-        if self.e820 is None and self.backend.exists(B.BOOT_PARAMS):
-            rel = B.BOOT_PARAMS
+        if self.e820 is None and self.backend.exists(BOOT_PARAMS):
+            rel = BOOT_PARAMS
             try:
                 e820 = parse_boot_e820(self.backend.read_bytes(rel))
-                for node in sorted(self.backend.listdir(B.SETUP_DATA), key=lambda n: (len(n), n)):
-                    rel = f"{B.SETUP_DATA}/{node}"
+                for node in sorted(self.backend.listdir(SETUP_DATA), key=lambda n: (len(n), n)):
+                    rel = f"{SETUP_DATA}/{node}"
                     e820 += parse_setup_data_e820(self.backend.read(f"{rel}/type"),
                                                   self.backend.read_bytes(f"{rel}/data"))
             except OSError as e:
@@ -176,15 +177,15 @@ class Reader:
         try:
             state, valid_zones, node = read_block_files(self.backend, index, node)
         except FileNotFoundError as e:
-            if not self.backend.exists(B.block_dir(index)):
+            if not self.backend.exists(block_dir(index)):
                 return None  # removed while we looked (virtio-mem unplug): nothing to do
             machine.warnings.append(f"{e.filename}: cannot read: {e.strerror}; memory{index} skipped")
             return None
         except OSError as e:
-            machine.warnings.append(f"{self.backend.path(B.block_dir(index))}: cannot read: {e.strerror}; skipped")
+            machine.warnings.append(f"{self.backend.path(block_dir(index))}: cannot read: {e.strerror}; skipped")
             return None
         except ParseError as e:
-            machine.warnings.append(f"{self.backend.path(B.block_dir(index))}: {e}; skipped")
+            machine.warnings.append(f"{self.backend.path(block_dir(index))}: {e}; skipped")
             return None
         if node is None:
             machine.warnings.append(f"memory{index}: no node link yet; skipped")
@@ -201,14 +202,14 @@ class Reader:
         if self.e820 is not None:
             early = _overlaps(self.e820, self._e820_starts, start, start + machine.block_size)
         else:
-            firmware = self.backend.readlink(f"{B.block_dir(index)}/firmware_node")
+            firmware = self.backend.readlink(f"{block_dir(index)}/firmware_node")
             early = firmware is None and index in self.boot_blocks
         if early:
             # Boot memory, even where an ACPI memory device describes it: the
             # kernel put it in no group (add_memory() failed with -EEXIST).
             return Block(index, state, node, valid_zones, True, None)
         if firmware is None:
-            firmware = self.backend.readlink(f"{B.block_dir(index)}/firmware_node")
+            firmware = self.backend.readlink(f"{block_dir(index)}/firmware_node")
         group = None
         if firmware is not None and "PNP0C80" in firmware:
             name = os.path.basename(firmware)
@@ -227,7 +228,7 @@ class Reader:
         if self.e820 is not None and _find(self.hotplug_ram, self._ram_starts,
                                            block.index * self.machine.block_size) is None:
             return False
-        return any(n.startswith("PNP0C80:") for n in self.backend.listdir(B.ACPI_DEVICES))
+        return any(n.startswith("PNP0C80:") for n in self.backend.listdir(ACPI_DEVICES))
 
     def find_boot_blocks(self) -> None:
         """Without an E820 table: the boot blocks are those online with no
@@ -239,7 +240,7 @@ class Reader:
             self.boot_blocks = {i for first, last in known for i in range(first, last + 1)}
             return
         for index in self.backend.block_indexes():
-            d = B.block_dir(index)
+            d = block_dir(index)
             try:
                 online = parse_state(self.backend.read(f"{d}/state")) != "offline"
             except (OSError, ParseError):
@@ -261,7 +262,7 @@ class Reader:
         unit = probe.unit_bytes if probe else None
         # The same device: its name, region, and sysfs directory (a device
         # replaced under the same name at the same address has a new one).
-        key = {"start": start, "end": end, "instance": self.backend.instance(f"{B.VIRTIO_DEVICES}/{name}")}
+        key = {"start": start, "end": end, "instance": self.backend.instance(f"{VIRTIO_DEVICES}/{name}")}
         known = self.facts.setdefault("virtio-mem", {})
         fact = known.get(name)
         if unit is not None:
@@ -294,33 +295,33 @@ class Reader:
                 group.max_pages = max(pages.get(name, 0), in_iomem)
 
 
-def discover(backend: B.Backend) -> Machine:
+def discover(backend: Backend) -> Machine:
     """Read everything the policy needs. Raises SystemDataError on bad global data;
     a bad block is skipped with a warning in Machine.warnings."""
     return read_machine(backend)[0]
 
 
-def read_kernel_params(backend: B.Backend) -> Dict[str, str]:
+def read_kernel_params(backend: Backend) -> Dict[str, str]:
     """The memory_hotplug module's parameters (5.15+: the kernel's own policy)."""
     params = {}
-    for name in backend.listdir(B.PARAMETERS):
-        value = _read_optional(backend, f"{B.PARAMETERS}/{name}")
+    for name in backend.listdir(PARAMETERS):
+        value = _read_optional(backend, f"{PARAMETERS}/{name}")
         if value is not None:
             params[name] = value
     return params
 
 
-def read_machine(backend: B.Backend, facts: Optional[dict] = None) -> Tuple[Machine, Reader]:
+def read_machine(backend: Backend, facts: Optional[dict] = None) -> Tuple[Machine, Reader]:
     """discover(), and the Reader it used, for re-reading single blocks later.
     FACTS: what an earlier reader learned about devices (Reader.facts)."""
-    block_size = _read_global(backend, f"{B.MEMORY}/block_size_bytes", parse_block_size)
-    zoneinfo = _read_global(backend, B.ZONEINFO, parse_zoneinfo)
+    block_size = _read_global(backend, f"{MEMORY}/block_size_bytes", parse_block_size)
+    zoneinfo = _read_global(backend, ZONEINFO, parse_zoneinfo)
     machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={},
                       page_size=backend.page_size(zoneinfo))
     reader = Reader(backend, machine, facts)
     reader.read_layout()
-    machine.auto_online_blocks = _read_optional(backend, f"{B.MEMORY}/auto_online_blocks")
-    machine.kernel_release = _read_optional(backend, B.OSRELEASE)
+    machine.auto_online_blocks = _read_optional(backend, f"{MEMORY}/auto_online_blocks")
+    machine.kernel_release = _read_optional(backend, OSRELEASE)
     machine.kernel_params = read_kernel_params(backend)
     if reader.e820 is None:
         machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): taking memory without a "

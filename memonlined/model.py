@@ -8,7 +8,7 @@ and ppc64 kernels), like the kernel's counters.
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
-from .parse import MOVABLE
+from .parse import MOVABLE, PAGE_SIZE
 
 # Device kinds, as used in the configuration's [overrides].
 DIMM = "dimm"
@@ -92,6 +92,9 @@ class NodeStats:
 
 @dataclass
 class Machine:
+    """The machine as discovered: blocks, memory groups, the ratio's counters
+    per node. add_online and remove_online keep the counters true as blocks
+    change, the way the kernel's own accounting does."""
     block_size: int                       # bytes
     blocks: Dict[int, Block]
     groups: Dict[str, Group]
@@ -99,7 +102,7 @@ class Machine:
     auto_online_blocks: Optional[str] = None
     kernel_params: Dict[str, str] = field(default_factory=dict)
     kernel_release: Optional[str] = None
-    page_size: int = 4096
+    page_size: int = PAGE_SIZE
     warnings: List[str] = field(default_factory=list)
 
     _dynamic: Dict[Optional[int], List[Group]] = field(default_factory=dict, repr=False)

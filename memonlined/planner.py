@@ -11,6 +11,10 @@ from .policy import Decision, Settings, zone_for_block
 
 
 class Planner:
+    """Decides blocks of MACHINE in turn and accounts each outcome in it
+    (commit), as the kernel's counters would change. It changes the model it
+    is given: to plan without touching the caller's, give it a copy."""
+
     def __init__(self, machine: Machine, settings: Settings):
         self.machine = machine
         self.settings = settings

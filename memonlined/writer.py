@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from . import backend as B
+from .backend import AUTO_ONLINE, Backend, PARAMETERS, block_dir
 from .parse import MOVABLE, ParseError, parse_state, parse_valid_zones
 from .planner import Planner
 from .policy import Decision
@@ -32,7 +32,7 @@ CONFLICT_MESSAGE_ID = "9a7d2e41c6b84d0f8e3a5b1c7f2d6e93"
 class Writer:
     """Every write memonlined makes, through the backend; DRY_RUN: log them instead."""
 
-    def __init__(self, backend: B.Backend, dry_run: bool = False):
+    def __init__(self, backend: Backend, dry_run: bool = False):
         self.backend = backend
         self.dry_run = dry_run
 
@@ -70,9 +70,9 @@ def _fields(decision: Decision, zone: Optional[str], result: str, message_id=DEC
             "ZONE": zone or "", "REASON": decision.reason, "RESULT": result}
 
 
-def _reread(backend: B.Backend, index: int):
+def _reread(backend: Backend, index: int):
     """(state, valid_zones) of a block as it is now; None when it is gone."""
-    d = B.block_dir(index)
+    d = block_dir(index)
     try:
         return parse_state(backend.read(f"{d}/state")), parse_valid_zones(backend.read(f"{d}/valid_zones"))
     except (OSError, ParseError):
@@ -167,9 +167,9 @@ def configure_kernel(writer: Writer, settings, params: "dict[str, str]") -> None
         if name not in params:
             if name == "auto_movable_numa_aware":
                 continue
-            raise OSError(errno.ENOENT, f"/{B.PARAMETERS}/{name} does not exist")
+            raise OSError(errno.ENOENT, f"/{PARAMETERS}/{name} does not exist")
         if params[name] != value:
-            writer.setting(f"{B.PARAMETERS}/{name}", value)
-            log.info("kernel mode: wrote %s to /%s/%s", value, B.PARAMETERS, name)
-    writer.setting(B.AUTO_ONLINE, "online")
-    log.info("kernel mode: wrote online to /%s", B.AUTO_ONLINE)
+            writer.setting(f"{PARAMETERS}/{name}", value)
+            log.info("kernel mode: wrote %s to /%s/%s", value, PARAMETERS, name)
+    writer.setting(AUTO_ONLINE, "online")
+    log.info("kernel mode: wrote online to /%s", AUTO_ONLINE)

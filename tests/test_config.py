@@ -29,6 +29,25 @@ def test_shipped_file_names_every_key_with_its_default():
         assert f"#{name} = {shown}\n" in text
 
 
+def test_the_man_page_names_every_key_in_its_section_default_first():
+    """man/memonlined.conf.5: ".B key = default [| other values]" under ".SH [section]", for
+    the keys of config.KEYS and no others."""
+    man = os.path.join(os.path.dirname(ETC), "..", "man", "memonlined.conf.5")
+    section, shown = None, {}
+    for line in open(man):
+        if line.startswith(".SH "):
+            section = line[4:].strip().strip("[]")
+        elif line.startswith(".B ") and " = " in line:
+            name, values = line[3:].split(" = ", 1)
+            shown[name] = (section, values.split(" | ")[0].strip())
+    defaults = Settings()
+    expected = {}
+    for name, key in config.KEYS.items():
+        value = getattr(defaults, name)
+        expected[name] = (key.section, ("yes" if value else "no") if isinstance(value, bool) else str(value))
+    assert shown == expected
+
+
 def test_missing_default_file_means_defaults(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.conf"))
     assert config.load(None, {}) == Settings()

@@ -469,7 +469,7 @@ def test_node_masks(tmp_path):
 
 # ---------------------------------------------------- internal consistency
 
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 OPS = st.lists(st.one_of(
     st.tuples(st.just("dimm"), st.sampled_from([1, 2, 4]), st.sampled_from([0, 1])),

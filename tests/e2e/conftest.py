@@ -21,8 +21,8 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from guest import CACHE, REPO  # noqa: E402
-import scenarios  # noqa: E402
+from guest import CACHE, REPO
+import scenarios
 
 KERNELS = scenarios.KERNELS
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
