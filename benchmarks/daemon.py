@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import psutil
@@ -27,13 +26,11 @@ import psutil
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, os.path.join(HERE, ".."))
-from fakekernel import FakeKernel
-from fakemonitor import FakeMonitor, FakeSystemd
+from daemonrun import Run
+from fakekernel import FakeKernel, GiB
+from fakemonitor import FakeMonitor
 from memonlined.backend import Backend
-from memonlined.daemon import Daemon
 from memonlined.policy import Settings
-
-GiB = 1 << 30
 
 
 class TimedMonitor(FakeMonitor):
@@ -69,16 +66,9 @@ def latency(root: str) -> None:
     monitor = TimedMonitor(kernel)
     monitor.added = {}
     settings = Settings()
-    systemd = FakeSystemd()
-    notes = systemd.notes
-    daemon = Daemon(backend, settings, monitor, reload=lambda: settings, notifier=systemd,
-                    state_dir=os.path.join(root, "run"))
-
     singles = []
 
-    def play():
-        while not notes:
-            time.sleep(0.01)
+    def play(run):
         # One block at a time, as virtio-mem adds them (it waits for each to be online).
         for _ in range(50):
             kernel.add_dimm(128 << 20)
@@ -96,12 +86,8 @@ def latency(root: str) -> None:
         monitor.relay()
         while len(backend.written) < 1024:
             time.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGTERM)
 
-    thread = threading.Thread(target=play)
-    thread.start()
-    daemon.run()
-    thread.join()
+    Run(kernel, os.path.join(root, "run"), settings=settings, backend=backend, monitor=monitor)(play)
     singles.sort()
     print(f"add event -> state write, one block at a time (50 blocks), settle {settings.settle_ms} ms: "
           f"median {statistics.median(singles):.1f} ms, p99 {singles[int(len(singles) * 0.99) - 1]:.1f} ms")

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
 from guest import GiB, virtio_mem_opts
-from guests import bench_guest, plugged
+from guests import bench_guest
 from scenarios import install_memonlined, start_daemon, stop_daemon
 
 RUNNER = r'''
@@ -61,8 +61,8 @@ def trace(mo_args):
         start_daemon(g, f"--config /dev/null {' '.join(mo_args)} run", program=f"python3 -S {g.share}/runner.py")
         g.sh("modprobe virtio_mem")
         t0 = time.monotonic()
-        g.qmp.execute("qom-set", path="/machine/peripheral/vm0", property="requested-size", value=16 * GiB)
-        while plugged(g) != 16 * GiB:
+        g.request_size("vm0", 16 * GiB)
+        while g.plugged("vm0") != 16 * GiB:
             time.sleep(0.05)
         growth = time.monotonic() - t0
         time.sleep(1)

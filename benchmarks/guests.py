@@ -39,10 +39,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests", "e2e"))
 sys.path.insert(0, HERE)
 
-from guest import GiB, Guest, GuestError, kernel, virtio_mem_opts
-from scenarios import install_memonlined, layout, start_daemon, stop_daemon, summary
+from guest import GiB, MiB, Guest, GuestError, kernel, virtio_mem_opts
+from scenarios import (UDEV_RULE, UDEV_RULE_TEXT, install_memonlined, kernel_append, layout, start_daemon,
+                       stop_daemon, summary)
 
-MiB = 1 << 20
 BLOCK = 128 * MiB
 APPROACHES = ("memonlined", "kernel", "udev")
 PICTURE_NAMES = {"memonlined": "memonlined", "kernel": "kernel policy", "udev": "udev rule"}
@@ -50,11 +50,9 @@ PICTURE_NAMES = {"memonlined": "memonlined", "kernel": "kernel policy", "udev": 
 # so the host does not have to back it. The same for all three.
 APPEND = {
     "memonlined": ["memhp_default_state=offline", "init_on_alloc=0"],
-    "kernel": ["memhp_default_state=online", "memory_hotplug.online_policy=auto-movable", "init_on_alloc=0"],
+    "kernel": [*kernel_append(), "init_on_alloc=0"],
     "udev": ["memhp_default_state=offline", "init_on_alloc=0"],
 }
-UDEV_RULE = "/etc/udev/rules.d/99-online.rules"
-UDEV_RULE_TEXT = 'SUBSYSTEM=="memory", ACTION=="add", ATTR{state}=="offline", ATTR{state}="online"'
 
 # -- guest-side helpers -----------------------------------------------------------------
 
@@ -249,10 +247,6 @@ def block_count(g):
     return int(g.sh("ls -d /sys/devices/system/memory/memory[0-9]* | wc -l").stdout)
 
 
-def plugged(g, dev_id="vm0"):
-    return g.memory_devices()[dev_id]["size"]
-
-
 def other_qemus(own_sid=None):
     """pids of qemu-system processes not started by this script's current guest."""
     r = subprocess.run(["ps", "-eo", "pid=,sid=,comm="], capture_output=True, text=True)
@@ -285,7 +279,7 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
             install_memonlined(g)  # into the guest's tmpfs: from the 9p root a start takes 20-40 s
             start_daemon(g, f"{' '.join(map(shlex.quote, mo_args))} run --state-dir /run/memonlined")
         elif approach == "udev":
-            g.sh(f"mkdir -p /etc/udev/rules.d && echo '{UDEV_RULE_TEXT}' > {UDEV_RULE} && udevadm control --reload")
+            g.sh(f"mkdir -p /etc/udev/rules.d && printf '%s' '{UDEV_RULE_TEXT}' > {UDEV_RULE} && udevadm control --reload")
         g.sh("modprobe virtio_mem")
         base = block_count(g)
         res["boot blocks"] = base
@@ -293,9 +287,9 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
         # 1. growth
         done = arm_watcher(g, base + grow // BLOCK, "grown")  # every block: boot ones and the device's
         t0 = time.monotonic()
-        g.qmp.execute("qom-set", path="/machine/peripheral/vm0", property="requested-size", value=grow)
+        g.request_size("vm0", grow)
         deadline = t0 + 300
-        while (size := plugged(g)) != grow:
+        while (size := g.plugged("vm0")) != grow:
             if time.monotonic() > deadline:
                 raise GuestError(f"{approach}: plugged {size >> 20} MiB of {grow >> 20} MiB after 300 s")
             time.sleep(0.05)
@@ -337,12 +331,12 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
             log(f"  {approach}: {n_blocks} of the device's {last - first + 1} blocks hold slab or page-table pages "
                 f"({n_pages / 256:.1f} MiB)")
             target = 2 * GiB
-            g.qmp.execute("qom-set", path="/machine/peripheral/vm0", property="requested-size", value=target)
+            g.request_size("vm0", target)
             t0 = time.monotonic()
-            last, since, timeline = plugged(g), t0, []
+            last, since, timeline = g.plugged("vm0"), t0, []
             while True:
                 time.sleep(0.5)
-                now = plugged(g)
+                now = g.plugged("vm0")
                 if now != last:
                     last, since = now, time.monotonic()
                     timeline.append((round(since - t0, 1), round(now / GiB, 3)))
@@ -363,13 +357,9 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
         if burst:
             first = (vm0["memaddr"] + vm0["max-size"]) // BLOCK  # the DIMMs go above the virtio-mem region
             done = arm_watcher(g, 4 * 8 * GiB // BLOCK, "burst", first)
-            t0 = None
+            t0 = time.monotonic()
             for i in range(4):
-                g.qmp.execute("object-add", **{"qom-type": "memory-backend-ram", "id": f"d{i}-mem",
-                                                "size": 8 * GiB, "reserve": False})
-                if t0 is None:
-                    t0 = time.monotonic()
-                g.qmp.execute("device_add", driver="pc-dimm", id=f"d{i}", memdev=f"d{i}-mem")
+                g.add_dimm(f"d{i}", 8 * GiB)
             res["burst s"] = round(wait_file(g, done, 300, "burst online") - t0, 2)
             lay = layout(g)
             res["burst zones GiB"] = zone_totals(lay, first)

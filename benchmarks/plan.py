@@ -19,9 +19,8 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB
 
-GiB = 1 << 30
 NODES = 4
 
 

@@ -27,6 +27,7 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 SECTION_SIZE_BITS = 27  # x86-64
 PAGES_PER_SECTION = 1 << (SECTION_SIZE_BITS - PAGE_SHIFT)
+MiB, GiB = 1 << 20, 1 << 30  # the sizes the tests and benchmarks speak in
 MAX_DMA_PFN = (16 << 20) >> PAGE_SHIFT
 MAX_DMA32_PFN = 1 << (32 - PAGE_SHIFT)
 ULONG_MAX = (1 << 64) - 1

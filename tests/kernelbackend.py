@@ -53,14 +53,14 @@ class KernelBackend(Backend):
             self.kernel.set_param(os.path.basename(rel), value)
 
 
-def memonlined(kernel, *args):
+def memonlined(kernel, *args, backend=None):
     """Run the memonlined command line against KERNEL (a fake kernel, or the
-    path of a recorded tree); (exit code, stdout)."""
+    path of a recorded tree), through BACKEND if given; (exit code, stdout)."""
     out = io.StringIO()
     if isinstance(kernel, str):
-        root, backend = kernel, Backend(kernel)
+        root, backend = kernel, backend or Backend(kernel)
     else:
-        root, backend = kernel.root, KernelBackend(kernel)
+        root, backend = kernel.root, backend or KernelBackend(kernel)
     with redirect_stdout(out):
         rc = main(["--config", os.devnull, "--root", root, *args], backend=backend)
     return rc, out.getvalue()

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, memonlined
 from memonlined.backend import Backend
 from memonlined.config import resolve_mode
@@ -16,7 +16,6 @@ from memonlined.policy import Settings
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 DIMMS = os.path.join(DATA, "dimm-4x4g")   # a real 6.1 guest: five offline 4 GiB DIMMs
-GiB = 1 << 30
 
 
 def test_status_json_merges_ranges_like_lsmem():

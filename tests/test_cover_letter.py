@@ -4,10 +4,8 @@ the kernel's own policy switched off (contig-zones, as on 5.10)."""
 
 import pytest
 
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB
 from kernelbackend import memonlined
-
-GiB = 1 << 30
 
 
 def zones(kernel, first, last):

@@ -9,12 +9,10 @@ import time
 
 
 from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all
 from memonlined.notify import Systemd
 from memonlined.policy import Settings
-
-GiB = 1 << 30
 
 
 def test_boot_offline_and_hot_plugged_memory_like_the_kernel(tmp_path):

@@ -10,11 +10,9 @@ memonlined's dry-run must predict the layout its real run then produces.
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB, MiB
 from kernelbackend import kernel_online_all, memonlined, plan
 
-MiB = 1 << 20
-GiB = 1 << 30
 
 boot_memory = st.sampled_from([
     {0: [(0, 2 * GiB), (4 * GiB, 2 * GiB)]},                      # the 4 GiB VM of the cover letter

@@ -8,10 +8,7 @@ import struct
 
 import pytest
 
-from fakekernel import FakeKernel
-
-GiB = 1 << 30
-MiB = 1 << 20
+from fakekernel import FakeKernel, GiB, MiB
 
 
 def read(root, rel):

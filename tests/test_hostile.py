@@ -8,11 +8,10 @@ import os
 
 import pytest
 
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, memonlined
 from memonlined.cli import main
 
-GiB = 1 << 30
 EHWPOISON = 133  # not in Python's errno table
 
 
@@ -31,7 +30,7 @@ def layout(kernel, first=48, last=55):
 def test_online_movable_refused_falls_back_to_online_kernel(kernel, caplog, err):
     kernel.inject_fault(50, "online_movable", err)
     backend = KernelBackend(kernel)
-    rc, out = _run(kernel, backend, "online", "--json")
+    rc, out = memonlined(kernel, "online", "--json", backend=backend)
     assert rc == 0
     # Once part of the DIMM is in a kernel zone, the rest follows it, as the
     # kernel's policy would: the outcome, not the plan, steers the next block.
@@ -42,20 +41,11 @@ def test_online_movable_refused_falls_back_to_online_kernel(kernel, caplog, err)
     assert "memory50: online_movable failed" in caplog.text
 
 
-def _run(kernel, backend, *args):
-    import io
-    from contextlib import redirect_stdout
-    out = io.StringIO()
-    with redirect_stdout(out):
-        rc = main(["--config", os.devnull, "--root", kernel.root, *args], backend=backend)
-    return rc, out.getvalue()
-
-
 def test_a_block_that_cannot_be_onlined_stays_offline_and_the_rest_is_handled(kernel, caplog):
     kernel.inject_fault(50, "online_movable", errno.ENOMEM)
     kernel.inject_fault(50, "online_kernel", errno.ENOMEM)
     backend = KernelBackend(kernel)
-    rc, _ = _run(kernel, backend, "online")
+    rc, _ = memonlined(kernel, "online", backend=backend)
     assert rc == 1  # partial failure
     assert layout(kernel) == ["Movable", "Movable", None] + ["Movable"] * 5
     assert len([w for w in backend.writes if w[0] == 50]) == 2  # no retry storm
@@ -79,7 +69,7 @@ class RacingBackend(KernelBackend):
 
 def test_a_block_removed_before_the_write_is_skipped_quietly(kernel, caplog):
     backend = RacingBackend(kernel, 52, lambda k: k.remove_block(52))
-    rc, out = _run(kernel, backend, "online", "--json")
+    rc, out = memonlined(kernel, "online", "--json", backend=backend)
     assert rc == 0
     assert 52 not in {d["block"] for d in json.loads(out)["decisions"]}
     assert not [r for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
@@ -88,7 +78,7 @@ def test_a_block_removed_before_the_write_is_skipped_quietly(kernel, caplog):
 
 def test_a_block_onlined_by_someone_else_meanwhile_is_reported(kernel, caplog):
     backend = RacingBackend(kernel, 53, lambda k: k.write_state(53, "online_kernel"))
-    rc, out = _run(kernel, backend, "online", "--json")
+    rc, out = memonlined(kernel, "online", "--json", backend=backend)
     assert rc == 0
     results = {d["block"]: (d["zone"], d["result"]) for d in json.loads(out)["decisions"]}
     assert results[53] == ("Normal", "already-online")
@@ -137,7 +127,7 @@ def garble(kernel, rel, text):
 def test_garbled_global_data_stops_before_any_write(kernel, caplog, rel, text, message):
     garble(kernel, rel, text)
     backend = KernelBackend(kernel)
-    rc, _ = _run(kernel, backend, "online")
+    rc, _ = memonlined(kernel, "online", backend=backend)
     assert rc == 4
     assert backend.writes == []
     errors = [r.message for r in caplog.records if r.levelname == "ERROR"]
@@ -159,7 +149,7 @@ def test_missing_boot_params_and_memory_hotplug_parameters(kernel):
 def test_a_garbled_block_is_skipped_and_the_rest_handled(kernel, caplog, name, text):
     garble(kernel, f"sys/devices/system/memory/memory51/{name}", text)
     backend = KernelBackend(kernel)
-    rc, _ = _run(kernel, backend, "online")
+    rc, _ = memonlined(kernel, "online", backend=backend)
     assert rc == 0
     assert 51 not in [w[0] for w in backend.writes]
     assert [z for i, z in enumerate(layout(kernel)) if i != 3] == ["Movable"] * 7
@@ -169,7 +159,7 @@ def test_a_garbled_block_is_skipped_and_the_rest_handled(kernel, caplog, name, t
 def test_a_block_without_valid_zones_is_skipped(kernel, caplog):
     os.unlink(os.path.join(kernel.root, "sys/devices/system/memory/memory49/valid_zones"))
     backend = KernelBackend(kernel)
-    assert _run(kernel, backend, "online")[0] == 0
+    assert memonlined(kernel, "online", backend=backend)[0] == 0
     assert 49 not in [w[0] for w in backend.writes]
     assert "memory49/valid_zones: cannot read: No such file or directory; memory49 skipped" in caplog.text
 
@@ -209,7 +199,7 @@ def test_a_short_write_is_a_failed_write(kernel, monkeypatch, caplog):
             return super().write_block_state(index, value)
 
     from memonlined.backend import Backend
-    rc, out = _run(kernel, ShortBackend(kernel), "online", "--json")
+    rc, out = memonlined(kernel, "online", "--json", backend=ShortBackend(kernel))
     assert rc == 0
     assert "memory50: online_movable failed (EIO); falling back to online_kernel" in caplog.text
     assert kernel.layout()[50] == "Normal"

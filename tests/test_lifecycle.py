@@ -9,12 +9,11 @@ import signal
 import time
 
 from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all, memonlined
 from memonlined.discover import SystemDataError
 from memonlined.policy import Settings
 
-GiB = 1 << 30
 AUTO_ONLINE = "sys/devices/system/memory/auto_online_blocks"
 
 

@@ -8,11 +8,8 @@ show in them.
 
 import pytest
 
-from fakekernel import FakeKernel
+from fakekernel import FakeKernel, GiB, MiB
 from kernelbackend import kernel_online_all, memonlined
-
-MiB = 1 << 20
-GiB = 1 << 30
 
 
 class Twins:

@@ -27,7 +27,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "e2e"))
-from guest import GiB, REPO, Guest, GuestError, kernel, virtio_mem_opts  # noqa: E402
+from guest import GiB, REPO, Guest, GuestError, kernel, virtio_mem_opts
+import scenarios
 
 DATA = os.path.join(REPO, "tests", "data")
 AUTO_MOVABLE = ["memhp_default_state=offline", "memory_hotplug.online_policy=auto-movable"]
@@ -105,14 +106,8 @@ def record(g, name, policy="auto-movable"):
 
 
 def summary(zones):
-    """Runs of equal zones, e.g. '0-15 DMA32, 32-47 Normal'."""
-    runs = []
-    for n, z in sorted(((int(n), z) for n, z in zones.items())):
-        if runs and runs[-1][2] == z and runs[-1][1] == n - 1:
-            runs[-1][1] = n
-        else:
-            runs.append([n, n, z])
-    return ", ".join(f"{a}-{b} {z}" if a != b else f"{a} {z}" for a, b, z in runs)
+    """Runs of equal zones, e.g. '0-15 DMA32, 32-47 Normal' (ZONES as kernel-layout.json has them)."""
+    return scenarios.summary({int(n): z for n, z in zones.items()})
 
 
 def dimm_session(name, sizes, suite="bookworm", append=AUTO_MOVABLE, policy="auto-movable"):

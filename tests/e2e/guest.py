@@ -21,7 +21,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CACHE = "/var/cache/memonlined-e2e"
-GiB = 1 << 30
+MiB, GiB = 1 << 20, 1 << 30
 
 # Guest side. Results are written to a temp name and renamed, so the host
 # never reads a half-written file; same for the host's command files.
@@ -205,12 +205,19 @@ class Guest:
         """id -> data of query-memory-devices (data["size"] is what is plugged)."""
         return {d["data"]["id"]: d["data"] for d in self.qmp.execute("query-memory-devices")}
 
+    def request_size(self, dev_id, size):
+        """Ask a virtio-mem device for SIZE bytes (the guest plugs them in its own time)."""
+        self.qmp.execute("qom-set", path=f"/machine/peripheral/{dev_id}", property="requested-size", value=size)
+
+    def plugged(self, dev_id):
+        """What a virtio-mem device has plugged, in bytes."""
+        return self.memory_devices()[dev_id]["size"]
+
     def resize_virtio_mem(self, dev_id, size, timeout=120):
         """Ask a virtio-mem device for `size` bytes and wait until the guest plugged them."""
-        self.qmp.execute("qom-set", path=f"/machine/peripheral/{dev_id}",
-                         property="requested-size", value=size)
+        self.request_size(dev_id, size)
         deadline = time.monotonic() + timeout
-        while (plugged := self.memory_devices()[dev_id]["size"]) != size:
+        while (plugged := self.plugged(dev_id)) != size:
             if time.monotonic() > deadline:
                 raise GuestError(f"{dev_id}: plugged {plugged} of {size} after {timeout}s")
             time.sleep(0.2)

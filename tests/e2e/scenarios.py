@@ -24,9 +24,8 @@ import tempfile
 import threading
 import time
 
-from guest import GiB, REPO, Guest, GuestError, kernel, virtio_mem_opts
+from guest import GiB, MiB, REPO, Guest, GuestError, kernel, virtio_mem_opts
 
-MiB = 1 << 20
 BLOCK = 128 * MiB
 
 # The Debian suites to test (bullseye 5.10, bookworm 6.1, trixie 6.12).
@@ -194,17 +193,13 @@ def decisions_for(log, blocks):
     return "\n".join(line for line in log.splitlines() if any(w in line for w in want))
 
 
-def plugged(g, dev_id):
-    return g.memory_devices()[dev_id]["size"]
-
-
 def resize(g, dev_id, size, timeout=300, settle=20):
     """Ask a virtio-mem device for SIZE; wait until it is plugged, or (shrinking,
     where the guest may not manage everything) until nothing changed for SETTLE s."""
-    g.qmp.execute("qom-set", path=f"/machine/peripheral/{dev_id}", property="requested-size", value=size)
+    g.request_size(dev_id, size)
     deadline = time.monotonic() + timeout
     last, since = None, time.monotonic()
-    while (now := plugged(g, dev_id)) != size:
+    while (now := g.plugged(dev_id)) != size:
         if now != last:
             last, since = now, time.monotonic()
         elif size < now and time.monotonic() - since > settle:
@@ -398,7 +393,7 @@ def boot_offline(suite, mode, dimm_sizes=(4 * GiB,) * 3, virtio_mem=2 * GiB, che
                 g.sh("rm -f /run/memonlined/handled /run/mo.rc")
                 res["start log"] = start_daemon(g, f"{memonlined_args()} run")
         deadline = time.monotonic() + 180
-        while plugged(g, "vm0") != virtio_mem:
+        while g.plugged("vm0") != virtio_mem:
             if time.monotonic() > deadline:
                 raise GuestError("virtio-mem did not plug its requested size"
                                  + (daemon_log(g) if mode == "memonlined" else ""))
@@ -416,7 +411,7 @@ def wait_stable_offline(g, dimm_blocks, timeout=120):
     prev = None
     while True:
         lay = layout(g)
-        size = plugged(g, "vm0")
+        size = g.plugged("vm0")
         if prev is not None and (lay, size) == prev and len(lay.fw) >= dimm_blocks and size > 0:
             g.vm0_at_start = size
             return lay
@@ -661,7 +656,7 @@ def systemd_twin(suite, mode, boot_kind="offline"):
         g.sh("modprobe virtio_mem")
         count = 16 + 16 + start // BLOCK  # boot memory, the DIMM, virtio-mem at start
         deadline = time.monotonic() + 180
-        while plugged(g, "vm0") != start:
+        while g.plugged("vm0") != start:
             if time.monotonic() > deadline:
                 raise GuestError("virtio-mem did not plug its requested size")
             time.sleep(0.3)
