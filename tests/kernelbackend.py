@@ -10,6 +10,8 @@ from contextlib import redirect_stdout
 from memonlined.backend import SETTINGS, Backend
 from memonlined.cli import main
 
+# Trees recorded in real guests (tests/data/record.py), each with the layout the kernel made.
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 VALID_ZONES = re.compile(r"sys/devices/system/memory/memory(\d+)/valid_zones")
 

@@ -7,14 +7,13 @@ import os
 import pytest
 
 from fakekernel import FakeKernel, GiB
-from kernelbackend import KernelBackend, memonlined
+from kernelbackend import DATA, KernelBackend, memonlined
 from memonlined.backend import Backend
 from memonlined.config import resolve_mode
 from memonlined.writer import Writer, configure_kernel
 from memonlined.discover import discover
 from memonlined.policy import Settings
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
 DIMMS = os.path.join(DATA, "dimm-4x4g")   # a real 6.1 guest: five offline 4 GiB DIMMs
 
 

@@ -3,10 +3,9 @@
 import json
 import os
 
+from kernelbackend import DATA
 from memonlined.backend import Backend
 from memonlined.discover import discover
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def test_idle_host_is_all_boot_memory():

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from fakekernel import FakeKernel, GiB, MiB
+from kernelbackend import DATA
 
 
 def read(root, rel):
@@ -568,8 +569,6 @@ def test_reserved_range_cuts_a_hole_in_boot_memory(tmp_path):
 
 
 # ---------------------------------------------------- against real guests
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def recorded(name):

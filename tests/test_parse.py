@@ -5,11 +5,11 @@ import struct
 
 import pytest
 
+from kernelbackend import DATA
 from memonlined.parse import (ParseError, VirtioMemProbe, format_size, iomem_hidden, kmsg_message,
                               parse_block_size, parse_boot_e820, parse_iomem, parse_state,
                               parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
 
-DATA = os.path.join(os.path.dirname(__file__), "data")
 HOST = os.path.join(DATA, "host-6.18-idle")
 
 

@@ -7,11 +7,9 @@ import os
 
 import pytest
 
+from kernelbackend import DATA, memonlined
 from memonlined.backend import Backend
 from memonlined.discover import discover
-from kernelbackend import memonlined
-
-DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def scenarios(policy):
