@@ -30,7 +30,7 @@ from daemonrun import Run
 from fakekernel import FakeKernel, GiB
 from fakemonitor import FakeMonitor
 from memonlined.backend import Backend
-from memonlined.policy import Settings
+from memonlined.config import Config
 
 
 class TimedMonitor(FakeMonitor):
@@ -65,7 +65,7 @@ def latency(root: str) -> None:
     backend.written = {}
     monitor = TimedMonitor(kernel)
     monitor.added = {}
-    settings = Settings()
+    settings = Config()
     singles = []
 
     def play(run):

@@ -272,7 +272,7 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     return EXIT_OK
 
 
-def run_daemon(backend: Backend, settings: Settings, load_settings, args, monitor=None, notifier=None) -> int:
+def run_daemon(backend: Backend, settings: config.Config, load_settings, args, monitor=None, notifier=None) -> int:
     from .daemon import Daemon
     from .notify import Systemd
     from .uevents import make_monitor
@@ -296,7 +296,7 @@ def run_daemon(backend: Backend, settings: Settings, load_settings, args, monito
     return daemon.run()
 
 
-def cmd_doctor(backend: Backend, machine: Machine, settings: Settings, config_path: Optional[str],
+def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, config_path: Optional[str],
                taken_over: Optional[str] = None) -> int:
     """TAKEN_OVER: what auto_online_blocks was before a memonlined of this boot set it to offline."""
     params = machine.kernel_params

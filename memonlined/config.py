@@ -26,6 +26,17 @@ class ConfigError(Exception):
     pass
 
 
+@dataclass
+class Config(Settings):
+    """The whole configuration: the decision's Settings and the daemon's keys
+    (memonlined run), which change no decision."""
+    mode: str = "userspace"
+    settle_ms: int = 0
+    take_over_auto_online: bool = True
+    event_source: str = "kernel"
+    receive_buffer_mib: int = 16
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if text not in choices:
@@ -97,8 +108,8 @@ def parse_override(key: str, value: str, where: str) -> "tuple[str, str]":
     return key, value
 
 
-def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Settings:
-    """Settings from the file at PATH (None: the default path, which may be missing)
+def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Config:
+    """The configuration from the file at PATH (None: the default path, which may be missing)
     with the command line's values on top."""
     explicit = path is not None
     path = path or DEFAULT_PATH
@@ -117,7 +128,7 @@ def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Settings
             raise ConfigError(f"--override: invalid value {item!r}: expected KIND-OR-DEVICE=POLICY")
         k, v = parse_override(key.strip(), value.strip(), "--override")
         overrides[k] = v
-    return Settings(overrides=overrides, **values)
+    return Config(overrides=overrides, **values)
 
 
 def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) -> None:
@@ -159,7 +170,7 @@ def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) 
                 raise ConfigError(f"{path}: invalid value {value.strip()!r} for {key} in [{section}]: {e}") from None
 
 
-def resolve_mode(has_policy: bool, settings: Settings) -> "tuple[str, str]":
+def resolve_mode(has_policy: bool, settings: Config) -> "tuple[str, str]":
     """The mode in force and why. HAS_POLICY: the kernel has the auto-movable policy (5.15+)."""
     if settings.mode == "kernel":
         if not has_policy:

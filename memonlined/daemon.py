@@ -19,12 +19,12 @@ from typing import Dict, Optional
 from .backend import AUTO_ONLINE, Backend, MEMINFO, numbered
 from .blocks import LINK_WAIT, Blocks
 from .conflicts import BOOT_OFFLINE_ADVICE
+from .config import Config
 from .discover import SystemDataError, read_kernel_params
 from .notify import Systemd, Watchdog
 from .model import format_runs
 from .parse import format_size, parse_meminfo, ParseError
 from .planner import Planner
-from .policy import Settings
 from .state import StateDir
 from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blocks, online_by_kernel
 
@@ -214,7 +214,7 @@ class Daemon:
     """`memonlined run`: onlines the blocks offline at start (before READY=1),
     then every block added, in batches, until a stop signal."""
 
-    def __init__(self, backend: Backend, settings: Settings, monitor, *, reload, notifier: Optional[Systemd] = None,
+    def __init__(self, backend: Backend, settings: Config, monitor, *, reload, notifier: Optional[Systemd] = None,
                  state_dir: Optional[str] = "/run/memonlined", dry_run: bool = False, kernel_mode: bool = False):
         self.backend, self.settings, self.monitor = backend, settings, monitor
         self.reload_settings = reload

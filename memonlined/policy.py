@@ -25,12 +25,6 @@ class Settings:
     numa_aware: bool = True          # auto_movable_numa_aware
     kernel_floor_mib: int = 0        # per node: hot-plugged kernel memory to reach before anything goes Movable
     overrides: Dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
-    # The daemon's keys (memonlined run); they do not change a decision.
-    mode: str = "userspace"
-    settle_ms: int = 0
-    take_over_auto_online: bool = True
-    event_source: str = "kernel"
-    receive_buffer_mib: int = 16
 
     def needs_userspace(self) -> bool:
         """Does this configuration ask for something the kernel's policy cannot do?"""

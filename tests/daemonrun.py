@@ -10,7 +10,7 @@ import time
 from fakemonitor import FakeMonitor, FakeSystemd
 from kernelbackend import KernelBackend
 from memonlined.daemon import Daemon
-from memonlined.policy import Settings
+from memonlined.config import Config
 
 
 def wait_for(condition, timeout=10.0):
@@ -32,7 +32,7 @@ class Run:
         self.monitor = monitor or FakeMonitor(kernel)
         self.systemd = FakeSystemd(watchdog)
         self.notes = self.systemd.notes
-        settings = settings or Settings(settle_ms=10)
+        settings = settings or Config(settle_ms=10)
         self.daemon = Daemon(self.backend, settings, self.monitor, reload=reload or (lambda: settings),
                              notifier=self.systemd, state_dir=None if state_dir is None else str(state_dir), **kw)
 

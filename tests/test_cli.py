@@ -9,7 +9,7 @@ import pytest
 from fakekernel import FakeKernel, GiB
 from kernelbackend import DATA, KernelBackend, memonlined
 from memonlined.backend import Backend
-from memonlined.config import resolve_mode
+from memonlined.config import Config, resolve_mode
 from memonlined.writer import Writer, configure_kernel
 from memonlined.discover import discover
 from memonlined.policy import Settings
@@ -82,7 +82,7 @@ def test_capture_gives_the_same_answers(tmp_path):
 def test_resolve_mode(tmp_path, mode, settings, kernel_has_policy, expected):
     kernel = FakeKernel(tmp_path, kernel_version=(6, 1) if kernel_has_policy else (5, 10))
     machine = discover(Backend(kernel.root))
-    assert resolve_mode("online_policy" in machine.kernel_params, Settings(mode=mode, **settings))[0] == expected
+    assert resolve_mode("online_policy" in machine.kernel_params, Config(mode=mode, **settings))[0] == expected
 
 
 def test_kernel_mode_hands_the_decisions_to_the_kernel(tmp_path):

@@ -5,7 +5,6 @@ import os
 import pytest
 
 from memonlined import config
-from memonlined.policy import Settings
 
 ETC = os.path.join(os.path.dirname(__file__), "..", "etc", "memonlined.conf")
 
@@ -17,12 +16,12 @@ def write(tmp_path, text):
 
 
 def test_shipped_file_is_the_defaults():
-    assert config.load(ETC, {}) == Settings()
+    assert config.load(ETC, {}) == config.Config()
 
 
 def test_shipped_file_names_every_key_with_its_default():
     text = open(ETC).read()
-    defaults = Settings()
+    defaults = config.Config()
     for name in config.KEYS:
         value = getattr(defaults, name)
         shown = ("yes" if value else "no") if isinstance(value, bool) else value
@@ -40,7 +39,7 @@ def test_the_man_page_names_every_key_in_its_section_default_first():
         elif line.startswith(".B ") and " = " in line:
             name, values = line[3:].split(" = ", 1)
             shown[name] = (section, values.split(" | ")[0].strip())
-    defaults = Settings()
+    defaults = config.Config()
     expected = {}
     for name, key in config.KEYS.items():
         value = getattr(defaults, name)
@@ -50,7 +49,7 @@ def test_the_man_page_names_every_key_in_its_section_default_first():
 
 def test_missing_default_file_means_defaults(monkeypatch, tmp_path):
     monkeypatch.setattr(config, "DEFAULT_PATH", str(tmp_path / "absent.conf"))
-    assert config.load(None, {}) == Settings()
+    assert config.load(None, {}) == config.Config()
 
 
 def test_explicit_missing_file_is_an_error(tmp_path):

@@ -12,7 +12,7 @@ from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin
 from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all
 from memonlined.notify import Systemd
-from memonlined.policy import Settings
+from memonlined.config import Config
 
 
 def test_boot_offline_and_hot_plugged_memory_like_the_kernel(tmp_path):
@@ -125,7 +125,7 @@ def test_unknown_actions_and_devices_are_ignored(tmp_path):
 def test_sighup_reloads_and_a_bad_config_keeps_the_old_one(tmp_path):
     from memonlined.config import ConfigError
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    configs = [Settings(ratio=0), ConfigError("x.conf: invalid key foo in [policy]")]
+    configs = [Config(ratio=0), ConfigError("x.conf: invalid key foo in [policy]")]
 
     def reload():
         item = configs.pop(0)

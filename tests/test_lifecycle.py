@@ -12,7 +12,7 @@ from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin
 from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all, memonlined
 from memonlined.discover import SystemDataError
-from memonlined.policy import Settings
+from memonlined.config import Config
 
 AUTO_ONLINE = "sys/devices/system/memory/auto_online_blocks"
 
@@ -268,8 +268,8 @@ def test_the_rescan_reads_a_block_again_once_its_node_link_is_there(tmp_path):
 
 def test_kernel_mode_writes_a_reloaded_ratio_to_the_kernel(tmp_path, caplog):
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    new = Settings(mode="kernel", ratio=0, settle_ms=5, event_source="udev")
-    run = Run(kernel, tmp_path / "run", settings=Settings(mode="kernel"), reload=lambda: new, kernel_mode=True)
+    new = Config(mode="kernel", ratio=0, settle_ms=5, event_source="udev")
+    run = Run(kernel, tmp_path / "run", settings=Config(mode="kernel"), reload=lambda: new, kernel_mode=True)
 
     def script(run):
         assert kernel.online_policy == "auto-movable" and read(kernel, AUTO_ONLINE) == "online"
