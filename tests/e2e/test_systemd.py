@@ -1,15 +1,18 @@
-"""Scenario 8: the shipped systemd unit in a guest with systemd as init.
+"""Scenario 8: the Debian package and its systemd unit, in guests with systemd as init.
 
 A debootstrap'ed Debian root: bookworm (6.1, Python 3.11), trixie (6.12, 3.13), bullseye (5.10,
 Python 3.9, no memory_hotplug parameters: the unit must start there too)
 (tests/e2e/systemd_image.sh, cached under /var/cache/memonlined-e2e/systemd-root-SUITE)
 gets this checkout's Debian package (packaging/build-deb.sh), installed with
-apt in a chroot (Debian's python3-pyudev, -psutil, -systemd are in the root
+apt in a chroot (Debian's python3-pyudev and python3-systemd are in the root
 already), which enables the shipped unit, and a oneshot check unit that
-reports on the serial console. QEMU boots it
-directly (TCG); the test hot-plugs a 4 GiB DIMM over QMP once the check unit
-says memonlined is active. The heaviest e2e test (first run: about 1.5 min
-more to build the root); MEMONLINED_E2E_SYSTEMD=0 leaves it out.
+reports on the serial console. QEMU boots it directly (TCG) with the memory
+history of scenarios.SYSTEMD_HISTORY: a cold-plugged DIMM and a virtio-mem
+device at start; the test hot-plugs a 4 GiB DIMM over QMP once the check
+says READY, then grows the virtio-mem device. The layouts are compared with
+a twin guest whose kernel policy onlined the same history
+(scenarios.systemd_twin). Each boot takes about 2.5 min (the first run:
+about 1.5 min more to build the root); MEMONLINED_E2E_SYSTEMD=0 leaves them out.
 
     .venv/bin/python -m pytest tests/e2e -m vm_systemd
 """
