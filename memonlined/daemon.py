@@ -20,7 +20,7 @@ from .backend import AUTO_ONLINE, Backend, MEMINFO, numbered
 from .blocks import LINK_WAIT, Blocks
 from .conflicts import BOOT_OFFLINE_ADVICE
 from .config import Config
-from .discover import SystemDataError, read_kernel_params
+from .discover import SystemDataError, read_kernel_params, unbound_virtio_mem
 from .notify import Systemd, Watchdog
 from .model import format_runs
 from .parse import format_size, parse_meminfo, ParseError
@@ -31,6 +31,10 @@ from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blo
 log = logging.getLogger(__name__)
 
 AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
+# At start, how long to wait for the driver of a virtio-mem device (udev
+# loads virtio_mem beside memonlined at boot), and then for its first blocks.
+DRIVER_WAIT = 10.0
+DRIVER_SETTLE = 1.0
 # [daemon] keys a reload cannot apply to a running daemon.
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
@@ -263,12 +267,35 @@ class Daemon:
             self.state.unlock()
 
     def _start_up(self) -> None:
-        """Boot-offline memory before READY=1; a block still without its node
-        link after that is left to the loop."""
+        """Memory offline at start online before READY=1, which lets systemd go
+        on to sysinit.target. That includes a virtio-mem device's memory at
+        start, whose driver udev may load only now: an unbound device is
+        waited for DRIVER_WAIT at most, and its blocks DRIVER_SETTLE after
+        it binds. A block still without its node link after LINK_WAIT is left
+        to the loop."""
         start = time.monotonic()
-        while self.pending and not self.signals.stopping and time.monotonic() - start < LINK_WAIT + Pending.RETRY:
-            time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
-            self.process_batch()
+        links_until, settle_until = start + LINK_WAIT + Pending.RETRY, start
+        unbound = unbound_virtio_mem(self.backend)
+        if unbound:
+            log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
+                     "before READY", ", ".join(unbound), DRIVER_WAIT)
+        while not self.signals.stopping:
+            now = time.monotonic()
+            if unbound and not unbound_virtio_mem(self.backend):
+                unbound, settle_until = [], now + DRIVER_SETTLE
+                links_until = settle_until + LINK_WAIT + Pending.RETRY
+            elif unbound and now - start >= DRIVER_WAIT:
+                log.warning("%s: no driver after %g s (virtio_mem not loaded?): its memory is onlined "
+                            "when it comes", ", ".join(unbound), DRIVER_WAIT)
+                unbound = []
+            self._drain()  # what the driver adds meanwhile
+            if self.pending and now < links_until:
+                time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
+                self.process_batch()
+            elif unbound or now < settle_until:
+                time.sleep(0.05)
+            else:
+                return
 
     def _loop(self) -> None:
         with selectors.DefaultSelector() as selector:

@@ -301,6 +301,23 @@ def discover(backend: Backend) -> Machine:
     return read_machine(backend)[0]
 
 
+VIRTIO_ID_MEM = "0x0018"  # include/uapi/linux/virtio_ids.h, as /sys/bus/virtio/devices/*/device says it
+
+
+def unbound_virtio_mem(backend: Backend) -> List[str]:
+    """virtio-mem devices whose driver is not bound yet: at boot udev loads
+    virtio_mem while memonlined starts, and the device's memory comes then."""
+    unbound = []
+    for name in backend.listdir(VIRTIO_DEVICES):
+        try:
+            device = backend.read(f"{VIRTIO_DEVICES}/{name}/device").strip()
+        except OSError:
+            continue
+        if device == VIRTIO_ID_MEM and not backend.exists(f"{VIRTIO_DEVICES}/{name}/driver"):
+            unbound.append(name)
+    return sorted(unbound)
+
+
 def read_kernel_params(backend: Backend) -> Dict[str, str]:
     """The memory_hotplug module's parameters (5.15+: the kernel's own policy)."""
     params = {}

@@ -1086,11 +1086,23 @@ class FakeKernel:
             shutil.rmtree(os.path.join(self.root, "sys/devices", ACPI_MEMORY_BUS, name))
             del self.devices[name]
 
+    def add_virtio_mem_device(self):
+        """A virtio-mem PCI device with no driver bound yet (at boot, until
+        udev loads virtio_mem): /sys/bus/virtio/devices/NAME without its
+        driver link. add_virtio_mem(name=NAME) binds it later."""
+        name = "virtio%d" % self._next_virtio
+        self._next_virtio += 1
+        d = os.path.join(self.root, "sys/bus/virtio/devices", name)
+        os.makedirs(d)
+        with open(os.path.join(d, "device"), "w") as f:
+            f.write("0x0018\n")  # VIRTIO_ID_MEM, as device_show() prints it
+        return name
+
     def add_virtio_mem(self, region_size, node=0, device_block_size=2 << 20, bbm=False,
                        start=None, name=None):
         """A virtio-mem device probed with nothing plugged
         (drivers/virtio/virtio_mem.c virtio_mem_init()): its region resource,
-        its dynamic group and the probe messages."""
+        its dynamic group and the probe messages; its driver link."""
         # Subblocks span at least a pageblock (2 MiB); since 5.19 no longer
         # MAX_ORDER_NR_PAGES (a 6.1 guest logs "subblock size: 0x200000").
         sb_size = max(2 << 20, device_block_size)
@@ -1100,8 +1112,14 @@ class FakeKernel:
         if start is None:
             start = self._free_start(region_size, max(unit, 1 << 30))
         if name is None:
-            name = "virtio%d" % self._next_virtio
-            self._next_virtio += 1
+            name = self.add_virtio_mem_device()
+        d = os.path.join(self.root, "sys/bus/virtio/devices", name)
+        if not os.path.isdir(d):  # a device replaced under the same name
+            os.makedirs(d)
+            with open(os.path.join(d, "device"), "w") as f:
+                f.write("0x0018\n")
+        if not os.path.lexists(os.path.join(d, "driver")):
+            os.symlink("../../../bus/virtio/drivers/virtio_mem", os.path.join(d, "driver"))
         group = self._new_group_dynamic(node, unit >> PAGE_SHIFT)
         dev = Device(name, "virtio_mem", node, start, region_size, group)
         dev.extra.update(in_sbm=in_sbm, unit=unit, device_block_size=device_block_size)

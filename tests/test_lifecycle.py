@@ -6,12 +6,14 @@ later, replaced devices, rescans, reloads in kernel mode, long batches."""
 import json
 import os
 import signal
+import threading
 import time
 
 from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
 from fakekernel import FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all, memonlined
 from memonlined.discover import SystemDataError
+from memonlined import daemon
 from memonlined.config import Config
 
 AUTO_ONLINE = "sys/devices/system/memory/auto_online_blocks"
@@ -454,3 +456,40 @@ def test_a_rescan_that_fails_is_tried_again(tmp_path, caplog):
         wait_for(lambda: None not in kernel.layout().values(), 5)
 
     Run(kernel, tmp_path / "run")(script)
+
+
+# -- virtio-mem's driver loaded by udev while memonlined starts (Debian 13's boot) ----
+
+def test_virtio_mem_whose_driver_binds_during_the_start_is_online_before_ready(tmp_path):
+    """At boot udev loads virtio_mem beside memonlined: the device's memory at
+    start is boot memory too, onlined before READY=1 lets sysinit.target come."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    run = Run(kernel, tmp_path / "run")
+
+    def udev_loads_the_driver():
+        time.sleep(0.5)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        run.locked("virtio_mem_plug", name, GiB)
+
+    thread = threading.Thread(target=udev_loads_the_driver)
+    thread.start()
+    assert run(lambda run: None) == 0
+    thread.join()
+    ready = next(n for n in run.notes if n.startswith("READY=1"))
+    assert "onlined 8," in ready, run.notes
+
+
+def test_a_virtio_mem_device_without_a_driver_delays_ready_by_driver_wait_only(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(daemon, "DRIVER_WAIT", 0.5)
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    t0 = time.monotonic()
+    ready_after = []
+    Run(kernel, tmp_path / "run")(lambda run: ready_after.append(time.monotonic() - t0))
+    assert 0.5 <= ready_after[0] < 3, ready_after
+    assert f"{name}: no driver after 0.5 s (virtio_mem not loaded?)" in caplog.text
+    kernel.add_virtio_mem(8 * GiB, name=name)                       # bound: the next start does not wait
+    t0, ready_after[:] = time.monotonic(), []
+    Run(kernel, tmp_path / "run")(lambda run: ready_after.append(time.monotonic() - t0))
+    assert ready_after[0] < 0.5, ready_after
