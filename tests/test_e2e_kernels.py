@@ -1,7 +1,8 @@
 """tests/e2e/kernel-debs.sh, the e2e setup's kernel from Debian's packages:
 the one-package layout of Debian's 5.10-6.x kernels and the split of its 7.x
 kernels (linux-binary-V with /usr/lib/modules/V/vmlinuz, linux-modules-V).
-Real packages built with dpkg-deb; no archive has a 7.x kernel yet here."""
+Packages built with dpkg-deb in the layouts of Debian's real ones (7.3's as
+trixie-backports has it)."""
 
 import os
 import shutil
@@ -35,10 +36,14 @@ def deb(tmp_path, name, files):
 
 
 def test_the_packages_of_a_split_kernel_and_of_one_package():
-    split = ("linux-image-7.0.1-amd64\n  PreDepends: linux-base\n  Depends: linux-binary-7.0.1-amd64\n"
-             "  Depends: linux-modules-7.0.1-amd64\n  Depends: kmod\n  Suggests: linux-doc-7.0\n")
+    # trixie-backports' 7.3, as apt-cache depends printed it
+    split = ("linux-image-7.3.4+deb13-amd64\n  PreDepends: linux-base\n |Depends: <dracut>\n"
+             " |Depends: <initramfs-tools>\n  Depends: <linux-initramfs-tool>\n"
+             "  Depends: linux-base-7.3.4+deb13-amd64\n  Depends: linux-binary-7.3.4+deb13-amd64\n"
+             "  Depends: linux-modules-7.3.4+deb13-amd64\n  Suggests: linux-doc-7.3\n")
     assert sh("kernel_packages", split)[1].split() == [
-        "linux-image-7.0.1-amd64", "linux-binary-7.0.1-amd64", "linux-modules-7.0.1-amd64"]
+        "linux-image-7.3.4+deb13-amd64", "linux-base-7.3.4+deb13-amd64", "linux-binary-7.3.4+deb13-amd64",
+        "linux-modules-7.3.4+deb13-amd64"]
     whole = ("linux-image-6.12.117+deb13-amd64\n  PreDepends: linux-base\n  Depends: kmod\n"
              " |Depends: initramfs-tools\n  Depends: <linux-initramfs-tool>\n    dracut\n")
     assert sh("kernel_packages", whole)[1].split() == ["linux-image-6.12.117+deb13-amd64"]
@@ -60,8 +65,8 @@ def test_the_kernel_is_found_in_each_layout(tmp_path, layout):
     else:                    # the image beside its modules, in packages of their own
         version = "7.0.1-amd64"
         deb(tmp_path, f"linux-image-{version}", {f"usr/share/doc/linux-image-{version}/README": "meta"})
-        deb(tmp_path, f"linux-binary-{version}", {f"usr/lib/modules/{version}/vmlinuz": "image",
-                                                  f"usr/lib/modules/{version}/modules.builtin": ""})
+        deb(tmp_path, f"linux-binary-{version}", {f"usr/lib/modules/{version}/vmlinuz": "image"})
+        deb(tmp_path, f"linux-base-{version}", {f"usr/lib/modules/{version}/modules.builtin": ""})
         deb(tmp_path, f"linux-modules-{version}", {f"usr/lib/modules/{version}/{ko}": "module"})
         image, modules = f"usr/lib/modules/{version}/vmlinuz", f"usr/lib/modules/{version}"
     out = tmp_path / "extract"

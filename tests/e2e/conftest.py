@@ -77,7 +77,7 @@ def _prepare():
     if os.geteuid() != 0:
         msg = "the real-guest tests need root (QEMU, modules in /lib/modules, /var/cache)"
         return ("fail", msg + "; CI=true makes a missing prerequisite an error") if IN_CI else ("skip", msg)
-    unknown = [k for k in KERNELS if k not in ("bullseye", "bookworm", "trixie")]
+    unknown = [k for k in KERNELS if k not in ("bullseye", "bookworm", "trixie", "trixie-backports")]
     if unknown:
         return "fail", f"MEMONLINED_E2E_KERNELS: unknown suite(s) {unknown}"
     if _missing():

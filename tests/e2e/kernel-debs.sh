@@ -1,14 +1,15 @@
 # Sourced by setup.sh: a Debian kernel from its packages, in both layouts.
 # Up to Debian's 6.x kernels linux-image-V holds the image (/boot/vmlinuz-V)
-# and the modules; from 7.x linux-image-V is split: it depends on
-# linux-binary-V (the image, /usr/lib/modules/V/vmlinuz) and linux-modules-V.
+# and the modules; from 7.x (trixie-backports' 7.3) linux-image-V is empty
+# and depends on linux-binary-V (the image, /usr/lib/modules/V/vmlinuz),
+# linux-modules-V and linux-base-V (modules.builtin, modules.order, config).
 
 # The packages of a kernel: the linux-image package named on stdin's first
-# line, and the linux-binary and linux-modules packages it depends on, read
-# from `apt-cache depends` of it on stdin.
+# line, and the linux-binary, -modules and -base packages of its version it
+# depends on, read from `apt-cache depends` of it on stdin.
 kernel_packages() {
     sed -n -e '1s/^\(linux-image-[^ ]*\)$/\1/p' \
-           -e 's/^ *|\{0,1\}Depends: \(linux-\(binary\|modules\)-[0-9][^ ]*\)$/\1/p'
+           -e 's/^ *|\{0,1\}Depends: \(linux-\(binary\|modules\|base\)-[0-9][^ ]*\)$/\1/p'
 }
 
 # Extract every kernel package in DEBDIR into OUT (once) and print

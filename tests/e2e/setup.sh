@@ -1,8 +1,9 @@
 #!/bin/bash
 # Prepare this machine for the real-guest tests (idempotent, run as root):
 # QEMU + virtme-ng, ndctl and daxctl (the dax/kmem scenario), and Debian
-# guest kernels (5.10, 6.1, 6.12) whose modules are installed on the host,
-# because virtme-ng shares the host's root.
+# guest kernels (5.10, 6.1, 6.12, and trixie-backports' newest: 7.3 when
+# written) whose modules are installed on the host, because virtme-ng
+# shares the host's root.
 # Writes $CACHE/kernels.json: {"bookworm": {"version": ..., "vmlinuz": ...}, ...}
 set -euo pipefail
 
@@ -11,7 +12,7 @@ CACHE=/var/cache/memonlined-e2e
 . "$(dirname "$0")/debian-archive.sh"
 . "$(dirname "$0")/kernel-debs.sh"
 MIRROR=$DEBIAN_ARCHIVE
-SUITES=(bullseye bookworm trixie)
+SUITES=(bullseye bookworm trixie trixie-backports)
 
 die() { printf '\n*** e2e setup FAILED: %s ***\n\n' "$*" >&2; exit 1; }
 trap 'die "command failed at line $LINENO: $BASH_COMMAND"' ERR
@@ -65,7 +66,8 @@ for suite in "${SUITES[@]}"; do
     # vng takes modules from the root that holds the kernel image; in /boot that
     # is the host root, whose /lib/modules the guest sees (the guest hides
     # parts of /var, so the extracted tree itself is not usable).
-    install -D -m 0644 "$vmlinuz" "/boot/vmlinuz-$version"
+    # Only when it differs: a guest may be starting from it right now.
+    cmp -s "$vmlinuz" "/boot/vmlinuz-$version" || install -D -m 0644 "$vmlinuz" "/boot/vmlinuz-$version"
     vmlinuz=/boot/vmlinuz-$version
     echo "e2e: $suite kernel $version: $vmlinuz"
     json+="${json:+,}\"$suite\": {\"version\": \"$version\", \"vmlinuz\": \"$vmlinuz\"}"
