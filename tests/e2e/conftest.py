@@ -1,7 +1,8 @@
 """Fixtures of the real-guest tests (marker `vm`; the systemd one: `vm_systemd`).
 
 Which Debian kernels: MEMONLINED_E2E_KERNELS (default "bookworm,bullseye";
-"bookworm,bullseye,trixie" adds 6.12). The systemd-unit test runs only with
+"bookworm,bullseye,trixie" adds 6.12), and MEMONLINED_E2E_NEWEST for a few
+scenarios (default "trixie-backports": 7.3; empty: none). The systemd-unit test runs only with
 MEMONLINED_E2E_SYSTEMD=0 leaves out the systemd-unit test (it builds a debootstrap root on first use).
 
 Prerequisites (QEMU, virtme-ng, the kernels) come from tests/e2e/setup.sh,
@@ -46,7 +47,7 @@ def _missing():
             kernels = json.load(f)
     except (OSError, ValueError):
         kernels = {}
-    for suite in KERNELS + ["bookworm", "trixie"]:  # trixie: test_lifecycle.py
+    for suite in KERNELS + scenarios.NEWEST + ["bookworm", "trixie"]:  # trixie: test_lifecycle.py
         path = kernels.get(suite, {}).get("vmlinuz")
         if not path or not os.path.exists(path):
             missing.append(f"the {suite} kernel ({CACHE}/kernels.json)")
@@ -77,7 +78,7 @@ def _prepare():
     if os.geteuid() != 0:
         msg = "the real-guest tests need root (QEMU, modules in /lib/modules, /var/cache)"
         return ("fail", msg + "; CI=true makes a missing prerequisite an error") if IN_CI else ("skip", msg)
-    unknown = [k for k in KERNELS if k not in ("bullseye", "bookworm", "trixie", "trixie-backports")]
+    unknown = [k for k in KERNELS + scenarios.NEWEST if k not in ("bullseye", "bookworm", "trixie", "trixie-backports")]
     if unknown:
         return "fail", f"MEMONLINED_E2E_KERNELS: unknown suite(s) {unknown}"
     if _missing():

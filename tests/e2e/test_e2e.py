@@ -11,12 +11,13 @@ import re
 import pytest
 
 import scenarios as S
-from scenarios import KERNELS
+from scenarios import KERNELS, NEWEST
 
 pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("e2e_ready")]
 
 WITH_5_10 = list(KERNELS)                             # scenarios that run on 5.10 too
 POLICY_KERNELS = [k for k in KERNELS if k != "bullseye"] or ["bookworm"]
+AND_NEWEST = WITH_5_10 + NEWEST                       # and on the newest kernel
 
 
 def check_daemon(res):
@@ -42,7 +43,7 @@ def runs(layout, zone):
 
 
 @pytest.mark.oracle("dimms")
-@pytest.mark.parametrize("suite", WITH_5_10)
+@pytest.mark.parametrize("suite", AND_NEWEST)
 def test_cover_letter_dimms(suite, oracles):
     """Five 4 GiB DIMMs into a 4 GiB guest, one by one: 48-143 Movable (DIMMs
     0-2), 144-207 Normal (DIMMs 3-4), after each DIMM as the kernel had it."""
@@ -57,7 +58,7 @@ def test_cover_letter_dimms(suite, oracles):
 
 
 @pytest.mark.oracle("virtio-mem")
-@pytest.mark.parametrize("suite", WITH_5_10)
+@pytest.mark.parametrize("suite", AND_NEWEST)
 def test_cover_letter_virtio_mem_grow_and_shrink(suite, oracles):
     """One virtio-mem device grown 0 -> 16 GiB (48-143 Movable, then Normal 144,
     Movable 145-147, ...), then asked to shrink to 2 GiB."""
@@ -94,7 +95,7 @@ def boot_offline_run(suite):
 
 
 @pytest.mark.oracle("boot-offline")
-@pytest.mark.parametrize("suite", WITH_5_10)
+@pytest.mark.parametrize("suite", AND_NEWEST)
 def test_boot_offline_memory_dry_runs_and_a_udev_rule(suite, oracles):
     """Three 4 GiB DIMMs and a 2 GiB virtio-mem device present at start, left
     offline at boot; memonlined's start-up onlines them like the kernel's
@@ -201,7 +202,7 @@ def test_a_node_without_cpus_or_memory_at_boot_receives_virtio_mem_and_a_dimm(su
 
 
 @pytest.mark.oracle("dax-kmem")
-@pytest.mark.parametrize("suite", WITH_5_10)
+@pytest.mark.parametrize("suite", AND_NEWEST)
 def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
     """NVDIMMs made system RAM with daxctl (dax/kmem): each device wholly in
     one zone, as the kernel's policy put it; then daxctl.conf.d set up to
