@@ -310,7 +310,7 @@ def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, conf
              (None, "offline") else ""))
     if taken_over is not None and machine.auto_online_blocks == "offline":
         # After the take-over the file says offline, yet the kernel onlined what came before it.
-        print(f"  set by memonlined, which took it over from {taken_over}: {KERNEL_ONLINES} "
+        print(f"  set by a memonlined of this boot, which took it over from {taken_over}: {KERNEL_ONLINES} "
               "until memonlined starts (memory present at boot was placed by the kernel)")
     if machine.auto_online_blocks not in (None, "offline") or taken_over is not None:
         print("  " + BOOT_OFFLINE_ADVICE)

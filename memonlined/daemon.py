@@ -20,7 +20,7 @@ from .backend import AUTO_ONLINE, Backend, MEMINFO, numbered
 from .blocks import LINK_WAIT, Blocks
 from .conflicts import BOOT_OFFLINE_ADVICE
 from .config import Config
-from .discover import SystemDataError, read_kernel_params, unbound_virtio_mem
+from .discover import SystemDataError, read_kernel_params, unbound_virtio_mem, virtio_mem_driver
 from .notify import Systemd, Watchdog
 from .model import format_runs
 from .parse import format_size, parse_meminfo, ParseError
@@ -32,7 +32,9 @@ log = logging.getLogger(__name__)
 
 AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
 # At start, how long to wait for the driver of a virtio-mem device (udev
-# loads virtio_mem beside memonlined at boot), and then for its first blocks.
+# loads virtio_mem beside memonlined at boot); once it binds, how long its
+# first blocks have to come (and how long a registered driver may leave a
+# device unbound before its probe is taken for failed).
 DRIVER_WAIT = 10.0
 DRIVER_SETTLE = 1.0
 # [daemon] keys a reload cannot apply to a running daemon.
@@ -238,8 +240,8 @@ class Daemon:
         self._finishing = None  # the static group a stop lets finish
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT. Returns the exit code; raises SystemDataError,
-        StateError for what the start-up cannot work without."""
+        """Run until SIGTERM/SIGINT (exit code 0) or SIGABRT (1). Raises
+        SystemDataError, StateError for what the start-up cannot work without."""
         if not self.state.lock():
             log.error("another memonlined is running (%s/lock is locked)", self.state.path)
             return 1
@@ -249,9 +251,11 @@ class Daemon:
             with self.signals, TakeOver(self.backend, self.writer, self.state, take_over):
                 if self.kernel_mode:
                     self._configure_kernel()
+                # Before the scan: a driver binding during it still gets its settle time.
+                unbound = unbound_virtio_mem(self.backend)
                 self.monitor.start()  # before the scan, so no add between the two is lost
                 self.scan()
-                self._start_up()
+                self._start_up(unbound)
                 if not self.signals.stopping:
                     self.notifier.ready(self.status())
                     self.ready = True
@@ -266,30 +270,38 @@ class Daemon:
         finally:
             self.state.unlock()
 
-    def _start_up(self) -> None:
+    def _start_up(self, unbound) -> None:
         """Memory offline at start online before READY=1, which lets systemd go
-        on to sysinit.target. That includes a virtio-mem device's memory at
-        start, whose driver udev may load only now: an unbound device is
-        waited for DRIVER_WAIT at most, and its blocks DRIVER_SETTLE after
-        it binds. A block still without its node link after LINK_WAIT is left
-        to the loop."""
+        on to sysinit.target. That includes the memory at start of virtio-mem
+        devices whose driver udev may load only now (UNBOUND): each is waited
+        for DRIVER_WAIT at most, and its first blocks DRIVER_SETTLE after it
+        binds. A block still without its node link after LINK_WAIT is left to
+        the loop."""
         start = time.monotonic()
-        links_until, settle_until = start + LINK_WAIT + Pending.RETRY, start
-        unbound = unbound_virtio_mem(self.backend)
+        # Blocks are decided until links_until (later for a driver that binds
+        # late); a driver that bound has until settle_until to add its blocks.
+        links_until, settle_until, registered_at = start + LINK_WAIT + Pending.RETRY, start, None
         if unbound:
             log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
                      "before READY", ", ".join(unbound), DRIVER_WAIT)
         while not self.signals.stopping:
             now = time.monotonic()
-            if unbound and not unbound_virtio_mem(self.backend):
-                unbound, settle_until = [], now + DRIVER_SETTLE
-                links_until = settle_until + LINK_WAIT + Pending.RETRY
-            elif unbound and now - start >= DRIVER_WAIT:
-                log.warning("%s: no driver after %g s (virtio_mem not loaded?): its memory is onlined "
-                            "when it comes", ", ".join(unbound), DRIVER_WAIT)
-                unbound = []
-            self._drain()  # what the driver adds meanwhile
-            if self.pending and now < links_until:
+            if unbound:
+                still = [name for name in unbound_virtio_mem(self.backend) if name in unbound]
+                if len(still) < len(unbound):  # bound: its blocks come now
+                    settle_until = now + DRIVER_SETTLE
+                    links_until = max(links_until, settle_until + LINK_WAIT + Pending.RETRY)
+                unbound = still
+                if registered_at is None and virtio_mem_driver(self.backend):
+                    registered_at = now
+                failed = registered_at is not None and now - registered_at >= DRIVER_SETTLE
+                if unbound and (now - start >= DRIVER_WAIT or failed):
+                    log.warning("%s: no driver after %.1f s (%s): its memory is onlined when it comes",
+                                ", ".join(unbound), now - start,
+                                "virtio_mem did not bind it" if failed else "virtio_mem not loaded?")
+                    unbound = []
+            self._drain()  # what the drivers add meanwhile
+            if self.pending and (now < links_until or unbound):
                 time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
                 self.process_batch()
             elif unbound or now < settle_until:
@@ -378,16 +390,16 @@ class Daemon:
             return
         if reread.no_node:  # never decided without its node; looked at again, however long it takes
             self.pending.put_back({i: seen[i] for i in reread.no_node}, Pending.RETRY, now)
-        blocks = self.blocks.machine.blocks
+        model = self.blocks.machine.blocks
         for index in sorted(seen):
-            block = blocks.get(index)
+            block = model.get(index)
             if block is not None and block.online and self.kernel_mode:
                 log.info("memory%d: onlined by the kernel to %s (%s)", index, block.zone, block.device)
             elif block is not None and block.online:
                 log.warning("memory%d: was already online in %s when memonlined got to it "
                             "(onlined by someone else)", index, block.zone)
                 self.counts["conflicts"] += 1
-        self._online([i for i in sorted(seen) if i in blocks and not blocks[i].online])
+        self._online([i for i in sorted(seen) if i in model and not model[i].online])
         if self.ready:  # before READY=1, the start-up's own status follows
             self.notifier.status(self.status())
 

@@ -318,6 +318,11 @@ def unbound_virtio_mem(backend: Backend) -> List[str]:
     return sorted(unbound)
 
 
+def virtio_mem_driver(backend: Backend) -> bool:
+    """Is the virtio_mem driver registered (its module loaded)?"""
+    return backend.exists("sys/bus/virtio/drivers/virtio_mem")
+
+
 def read_kernel_params(backend: Backend) -> Dict[str, str]:
     """The memory_hotplug module's parameters (5.15+: the kernel's own policy)."""
     params = {}

@@ -151,13 +151,13 @@ class Machine:
         """An online hot-plugged block that /proc/zoneinfo's present pages
         counted as if it were early memory (zoneinfo cannot tell them apart):
         moved to the hot-plugged side and to its group."""
-        self._account(block, block.zone, -self.block_pages, early=True)
+        self._account(block, block.zone, -self.block_pages, as_early=True)
         self._account(block, block.zone, self.block_pages)
 
-    def _account(self, block: Block, zone: str, pages: int, early: bool = False) -> None:
+    def _account(self, block: Block, zone: str, pages: int, as_early: bool = False) -> None:
         node = self.nodes.setdefault(block.node, NodeStats())
         movable = zone == MOVABLE
-        early = early or block.early
+        early = as_early or block.early
         if movable:
             node.movable += pages
         elif early:

@@ -67,7 +67,6 @@ class Systemd:
             self._sock = None
 
 
-
 class Watchdog:
     """WATCHDOG=1 every half WatchdogSec, however long a batch takes (the
     daemon pings before each block)."""

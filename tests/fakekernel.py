@@ -1118,8 +1118,9 @@ class FakeKernel:
             os.makedirs(d)
             with open(os.path.join(d, "device"), "w") as f:
                 f.write("0x0018\n")
+        os.makedirs(os.path.join(self.root, "sys/bus/virtio/drivers/virtio_mem"), exist_ok=True)
         if not os.path.lexists(os.path.join(d, "driver")):
-            os.symlink("../../../bus/virtio/drivers/virtio_mem", os.path.join(d, "driver"))
+            os.symlink("../../drivers/virtio_mem", os.path.join(d, "driver"))
         group = self._new_group_dynamic(node, unit >> PAGE_SHIFT)
         dev = Device(name, "virtio_mem", node, start, region_size, group)
         dev.extra.update(in_sbm=in_sbm, unit=unit, device_block_size=device_block_size)
