@@ -16,6 +16,7 @@ MEMORY = "sys/devices/system/memory"
 NODE = "sys/devices/system/node"
 ACPI_DEVICES = "sys/bus/acpi/devices"
 VIRTIO_DEVICES = "sys/bus/virtio/devices"
+VIRTIO_MEM_DRIVER = "sys/bus/virtio/drivers/virtio_mem"
 PARAMETERS = "sys/module/memory_hotplug/parameters"
 BOOT_PARAMS = "sys/kernel/boot_params/data"
 SETUP_DATA = "sys/kernel/boot_params/setup_data"  # E820 entries beyond the zero page's 128

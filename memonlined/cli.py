@@ -147,8 +147,7 @@ def _main(argv, backend, monitor, notifier) -> int:
     if args.command == "status":
         return cmd_status(backend, machine, settings, args.json)
     if args.command == "doctor":
-        from .daemon import TakeOver
-        taken_over = TakeOver.recorded(StateDir(args.state_dir or backend.path("run/memonlined"), backend.boot_id()))
+        taken_over = StateDir(args.state_dir or backend.path("run/memonlined"), backend.boot_id()).taken_over()
         return cmd_doctor(backend, machine, settings, args.config, taken_over)
     return cmd_explain(machine, settings, args.block, args.json)
 

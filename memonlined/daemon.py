@@ -25,12 +25,11 @@ from .notify import Systemd, Watchdog
 from .model import format_runs
 from .parse import format_size, parse_meminfo, ParseError
 from .planner import Planner
-from .state import StateDir
+from .state import AUTO_ONLINE_VALUES, TAKE_OVER, StateDir
 from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blocks, online_by_kernel
 
 log = logging.getLogger(__name__)
 
-AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
 # At start, how long to wait for the driver of a virtio-mem device (udev
 # loads virtio_mem beside memonlined at boot); once it binds, how long its
 # first blocks have to come (and how long a registered driver may leave a
@@ -90,15 +89,6 @@ class TakeOver:
     daemon of the boot puts it back on its own clean stop. A value someone
     else wrote meanwhile is theirs: it is never overwritten."""
 
-    RECORD = "auto_online_blocks.json"
-
-    @classmethod
-    def recorded(cls, state: StateDir) -> Optional[str]:
-        """The value a memonlined of this boot replaced and has not put back yet."""
-        record = state.load(cls.RECORD)
-        recorded = record.get("original") if record else None
-        return recorded if recorded in AUTO_ONLINE_VALUES[1:] else None
-
     def __init__(self, backend: Backend, writer: Writer, state: StateDir, enabled: bool):
         self.backend, self.writer, self.state, self.enabled = backend, writer, state, enabled
         self.original: Optional[str] = None  # what to put back; None: nothing taken over
@@ -112,7 +102,7 @@ class TakeOver:
 
     def __enter__(self) -> "TakeOver":
         current = self._current()
-        recorded = self.recorded(self.state)
+        recorded = self.state.taken_over()
         if current == "offline" and recorded is not None:
             # An earlier daemon of this boot took over and did not put it back.
             self.original = recorded
@@ -124,14 +114,14 @@ class TakeOver:
         if recorded is not None:
             log.info("auto_online_blocks was set to %s since the last memonlined stopped: %s it is",
                      current, current)
-            self.state.remove(self.RECORD)
+            self.state.remove(TAKE_OVER)
         if current in (None, "offline"):
             return self
         if not self.enabled:
             log.warning("the kernel onlines hot-plugged memory itself (auto_online_blocks=%s); "
                         "memonlined only handles what it leaves offline", current)
             return self
-        if not self.state.save(self.RECORD, {"original": current}):
+        if not self.state.save(TAKE_OVER, {"original": current}):
             log.error("not taking over auto_online_blocks (%s) without a record to put it back from: "
                       "memonlined only handles what the kernel leaves offline", current)
             return self
@@ -140,7 +130,7 @@ class TakeOver:
         except OSError as e:
             log.error("cannot set /%s to offline (%s): the kernel goes on onlining hot-plugged memory "
                       "itself; memonlined only handles what it leaves offline", AUTO_ONLINE, e.strerror)
-            self.state.remove(self.RECORD)
+            self.state.remove(TAKE_OVER)
             return self
         self.original = current
         log.info("took over from the kernel: auto_online_blocks was %s, set to offline (put back when "
@@ -168,7 +158,7 @@ class TakeOver:
             except OSError as e:
                 log.error("could not put auto_online_blocks back to %s: %s", self.original, e.strerror)
                 return  # the record stays: the next daemon tries again
-        self.state.remove(self.RECORD)
+        self.state.remove(TAKE_OVER)
         self.original = None
 
 

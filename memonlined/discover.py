@@ -17,7 +17,7 @@ import re
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, IOMEM, MEMORY, OSRELEASE, PARAMETERS, SETUP_DATA,
-                      VIRTIO_DEVICES, ZONEINFO, block_dir)
+                      VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, ZONEINFO, block_dir)
 from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats, runs
 from .parse import (MOVABLE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_setup_data_e820, parse_state,
@@ -320,7 +320,7 @@ def unbound_virtio_mem(backend: Backend) -> List[str]:
 
 def virtio_mem_driver(backend: Backend) -> bool:
     """Is the virtio_mem driver registered (its module loaded)?"""
-    return backend.exists("sys/bus/virtio/drivers/virtio_mem")
+    return backend.exists(VIRTIO_MEM_DRIVER)
 
 
 def read_kernel_params(backend: Backend) -> Dict[str, str]:

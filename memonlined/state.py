@@ -27,6 +27,8 @@ from typing import Dict, Optional
 log = logging.getLogger(__name__)
 
 HANDLED = "handled.json"
+TAKE_OVER = "auto_online_blocks.json"
+AUTO_ONLINE_VALUES = ("offline", "online", "online_kernel", "online_movable")
 LEGACY_HANDLED = "handled"  # memonlined 0.1: block indexes, one a line, no boot
 
 
@@ -87,6 +89,13 @@ class StateDir:
             log.info("%s: from an earlier boot; ignored", self._file(name))
             return None
         return record
+
+    def taken_over(self) -> Optional[str]:
+        """What auto_online_blocks was before a memonlined of this boot set it
+        to offline and has not put back yet (daemon.TakeOver; doctor)."""
+        record = self.load(TAKE_OVER)
+        original = record.get("original") if record else None
+        return original if original in AUTO_ONLINE_VALUES[1:] else None
 
     def save(self, name: str, record: dict) -> bool:
         """Write the record atomically. A failure (ENOSPC on /run, say) is

@@ -1092,11 +1092,16 @@ class FakeKernel:
         driver link. add_virtio_mem(name=NAME) binds it later."""
         name = "virtio%d" % self._next_virtio
         self._next_virtio += 1
-        d = os.path.join(self.root, "sys/bus/virtio/devices", name)
-        os.makedirs(d)
-        with open(os.path.join(d, "device"), "w") as f:
-            f.write("0x0018\n")  # VIRTIO_ID_MEM, as device_show() prints it
+        self._virtio_device_dir(name)
         return name
+
+    def _virtio_device_dir(self, name):
+        d = os.path.join(self.root, "sys/bus/virtio/devices", name)
+        if not os.path.isdir(d):
+            os.makedirs(d)
+            with open(os.path.join(d, "device"), "w") as f:
+                f.write("0x0018\n")  # VIRTIO_ID_MEM, as device_show() prints it
+        return d
 
     def add_virtio_mem(self, region_size, node=0, device_block_size=2 << 20, bbm=False,
                        start=None, name=None):
@@ -1113,11 +1118,7 @@ class FakeKernel:
             start = self._free_start(region_size, max(unit, 1 << 30))
         if name is None:
             name = self.add_virtio_mem_device()
-        d = os.path.join(self.root, "sys/bus/virtio/devices", name)
-        if not os.path.isdir(d):  # a device replaced under the same name
-            os.makedirs(d)
-            with open(os.path.join(d, "device"), "w") as f:
-                f.write("0x0018\n")
+        d = self._virtio_device_dir(name)  # new, or named by the caller (replaced, or bound late)
         os.makedirs(os.path.join(self.root, "sys/bus/virtio/drivers/virtio_mem"), exist_ok=True)
         if not os.path.lexists(os.path.join(d, "driver")):
             os.symlink("../../drivers/virtio_mem", os.path.join(d, "driver"))

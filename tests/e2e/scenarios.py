@@ -647,6 +647,12 @@ SYSTEMD_MEMORY = dict(memory_mib=2048, slots=4, maxmem_mib=16384)
 SYSTEMD_HISTORY = {"offline": (GiB, 2 * GiB), "default": (0, GiB)}  # boot -> (START, GROWN)
 
 
+def systemd_blocks(boot):
+    """(blocks online at start: boot memory, the DIMM, virtio-mem's; blocks the growth adds)."""
+    start, grown = SYSTEMD_HISTORY[boot]
+    return 16 + 16 + start // BLOCK, (grown - start) // BLOCK
+
+
 def systemd_guest_opts(boot):
     start, _ = SYSTEMD_HISTORY[boot]
     return ["-object memory-backend-ram,id=c0-mem,size=2G,reserve=off", "-device pc-dimm,id=c0,memdev=c0-mem",
@@ -664,7 +670,7 @@ def systemd_twin(suite, mode, boot_kind="offline"):
     with boot(suite, "kernel" if boot_kind == "offline" else "default", f"systemd-twin-{boot_kind}",
               qemu_opts=systemd_guest_opts(boot_kind), **SYSTEMD_MEMORY) as g:
         g.sh("modprobe virtio_mem")
-        count = 16 + 16 + start // BLOCK  # boot memory, the DIMM, virtio-mem at start
+        count, growth = systemd_blocks(boot_kind)
         deadline = time.monotonic() + 180
         while g.plugged("vm0") != start:
             if time.monotonic() > deadline:
@@ -677,7 +683,7 @@ def systemd_twin(suite, mode, boot_kind="offline"):
         g.add_dimm("d0", 4 * GiB)
         res["dimm"] = wait_layout(g, all_online(count + 32, 48), "the hot-plugged DIMM online")
         resize(g, "vm0", grown)
-        res["final"] = wait_layout(g, all_online(count + 32 + (grown - start) // BLOCK, 48), "virtio-mem grown")
+        res["final"] = wait_layout(g, all_online(count + 32 + growth, 48), "virtio-mem grown")
     return res
 
 

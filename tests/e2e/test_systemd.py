@@ -257,7 +257,7 @@ def boot_guest(root, boot_kind, debs, check):
     Returns the console's text and the seconds until READY."""
     t0 = time.monotonic()
     install(root, debs, check)
-    start, grown = S.SYSTEMD_HISTORY[boot_kind]
+    grown = S.SYSTEMD_HISTORY[boot_kind][1]
     work = tempfile.mkdtemp(prefix="memonlined-e2e-sd-", dir="/tmp")
     proc = None
     try:
@@ -269,8 +269,9 @@ def boot_guest(root, boot_kind, debs, check):
         initrd = sorted(glob.glob(os.path.join(root, "boot/initrd.img-*")))[-1]
         sock, console = os.path.join(work, "qmp.sock"), os.path.join(work, "console.log")
         m = S.SYSTEMD_MEMORY
+        count, growth = S.systemd_blocks(boot_kind)
         append = ["root=/dev/vda rw console=ttyS0 quiet systemd.show_status=0 loglevel=3",
-                  f"e2e.start={32 + start // S.BLOCK} e2e.grow={(grown - start) // S.BLOCK}"]
+                  f"e2e.start={count} e2e.grow={growth}"]
         if boot_kind == "offline":
             append.append("memhp_default_state=offline")
         cmd = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", "1",
