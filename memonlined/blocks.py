@@ -13,7 +13,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional
 
 from .backend import Backend, block_dir
-from .discover import Reader, read_machine
+from .discover import Discovery, discover
 from .model import Block, Machine, format_runs
 from .state import Handled, StateDir
 
@@ -34,7 +34,7 @@ class Reread(NamedTuple):
 
 
 class Blocks:
-    """The model (machine), the Reader that re-reads single blocks, what was
+    """The model (machine), the Discovery that re-reads single blocks, what was
     handled in this boot, and the facts learned (state.py)."""
 
     def __init__(self, backend: Backend, state: StateDir):
@@ -42,11 +42,11 @@ class Blocks:
         self.state = state
         self.handled = Handled(state)
         record = state.load(FACTS)
-        # What every Reader of this daemon learned (Reader.facts).
+        # What every discovery of this daemon learned (Discovery.facts).
         self.facts: dict = record.get("facts", {}) if record and isinstance(record.get("facts"), dict) else {}
         self._saved_facts: Optional[dict] = None
         self.machine: Optional[Machine] = None
-        self.reader: Optional[Reader] = None
+        self.found: Optional[Discovery] = None
         self.layout_stale = True  # /proc/iomem must be read again before the next batch
 
     def scan(self) -> List[int]:
@@ -57,7 +57,8 @@ class Blocks:
         Raises SystemDataError."""
         present = self.backend.block_indexes()
         instances = {index: self.backend.block_instance(index) for index in present}
-        self.machine, self.reader = read_machine(self.backend, self.facts)
+        self.found = discover(self.backend, self.facts)
+        self.machine = self.found.machine
         self.layout_stale = False
         self.log_warnings()
         new, left = [], []
@@ -93,7 +94,7 @@ class Blocks:
         if old is not None:
             machine.remove_online(old)
         instance = self.backend.block_instance(index)
-        block = self.reader.read_block(index)
+        block = self.found.read_block(index)
         if block is None:
             if old is not None:
                 self._gone(old)
@@ -126,7 +127,7 @@ class Blocks:
         group = block.group
         if group is not None and not any(b.group is group for b in self.machine.blocks.values()):
             self.machine.drop_group(group.name)
-            self.reader.forget_device(group.name)
+            self.found.forget_device(group.name)
 
     def reread(self, seen: Dict[int, float]) -> Reread:
         """Read the blocks of a batch again (SEEN: block -> when its add came)."""
@@ -134,18 +135,18 @@ class Blocks:
         # New devices bring new iomem resources; more blocks of a virtio-mem or
         # dax device already known do not (a growing virtio-mem device adds a
         # few blocks at a time, and under TCG each re-read costs milliseconds).
-        if self.layout_stale or not all(self.reader.in_driver_range(i) for i in batch):
-            self.reader.read_layout()
+        if self.layout_stale or not all(self.found.in_driver_range(i) for i in batch):
+            self.found.read_layout()
             self.layout_stale = False
         for index in batch:
             self.refresh(index)
-        self.reader.size_dimms()
+        self.found.size_dimms()
         # A block whose node link is not there yet (the add uevent comes
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks).
         blocks, now = self.machine.blocks, time.monotonic()
         no_node = [i for i in batch if i not in blocks and self.backend.exists(block_dir(i))]
-        unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.reader.unlinked(blocks[i])]
+        unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.found.unlinked(blocks[i])]
         wait = any(now - seen[i] < LINK_WAIT for i in no_node + unlinked)
         if wait:
             self.machine.warnings.clear()  # said when the batch is read for good

@@ -136,7 +136,7 @@ def _main(argv, backend, monitor, notifier) -> int:
             log.error("%s", e)
             return EXIT_SYSTEM
     try:
-        machine = discover(backend)
+        machine = discover(backend).machine
     except SystemDataError as e:
         log.error("%s", e)
         return EXIT_SYSTEM

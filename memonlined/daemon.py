@@ -206,6 +206,40 @@ class Signals:
             self.aborting = self.aborting or signum == signal.SIGABRT
 
 
+class DriverWait:
+    """At start, the virtio-mem devices without a driver yet (UNBOUND: udev
+    loads virtio_mem beside memonlined at boot), each waited for DRIVER_WAIT
+    at most; once one binds, its first blocks have DRIVER_SETTLE to come
+    (settle_until) and LINK_WAIT more to be read whole (links_until). A
+    registered driver that leaves a device unbound DRIVER_SETTLE is taken
+    for a failed probe."""
+
+    def __init__(self, backend: Backend, unbound, start: float):
+        self.backend, self.unbound, self.start = backend, unbound, start
+        self.links_until, self.settle_until = start + LINK_WAIT + Pending.RETRY, start
+        self.registered_at: Optional[float] = None
+        if unbound:
+            log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
+                     "before READY", ", ".join(unbound), DRIVER_WAIT)
+
+    def check(self, now: float) -> None:
+        if not self.unbound:
+            return
+        still = [name for name in unbound_virtio_mem(self.backend) if name in self.unbound]
+        if len(still) < len(self.unbound):  # bound: its blocks come now
+            self.settle_until = now + DRIVER_SETTLE
+            self.links_until = max(self.links_until, self.settle_until + LINK_WAIT + Pending.RETRY)
+        self.unbound = still
+        if self.registered_at is None and virtio_mem_driver(self.backend):
+            self.registered_at = now
+        failed = self.registered_at is not None and now - self.registered_at >= DRIVER_SETTLE
+        if still and (now - self.start >= DRIVER_WAIT or failed):
+            log.warning("%s: no driver after %.1f s (%s): its memory is onlined when it comes",
+                        ", ".join(still), now - self.start,
+                        "virtio_mem did not bind it" if failed else "virtio_mem not loaded?")
+            self.unbound = []
+
+
 class Daemon:
     """`memonlined run`: onlines the blocks offline at start (before READY=1),
     then every block added, in batches, until a stop signal."""
@@ -262,39 +296,18 @@ class Daemon:
 
     def _start_up(self, unbound) -> None:
         """Memory offline at start online before READY=1, which lets systemd go
-        on to sysinit.target. That includes the memory at start of virtio-mem
-        devices whose driver udev may load only now (UNBOUND): each is waited
-        for DRIVER_WAIT at most, and its first blocks DRIVER_SETTLE after it
-        binds. A block still without its node link after LINK_WAIT is left to
-        the loop."""
-        start = time.monotonic()
-        # Blocks are decided until links_until (later for a driver that binds
-        # late); a driver that bound has until settle_until to add its blocks.
-        links_until, settle_until, registered_at = start + LINK_WAIT + Pending.RETRY, start, None
-        if unbound:
-            log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
-                     "before READY", ", ".join(unbound), DRIVER_WAIT)
+        on to sysinit.target, including that of virtio-mem devices whose
+        driver binds only now (DriverWait). A block still without its node
+        link after LINK_WAIT is left to the loop."""
+        drivers = DriverWait(self.backend, unbound, time.monotonic())
         while not self.signals.stopping:
             now = time.monotonic()
-            if unbound:
-                still = [name for name in unbound_virtio_mem(self.backend) if name in unbound]
-                if len(still) < len(unbound):  # bound: its blocks come now
-                    settle_until = now + DRIVER_SETTLE
-                    links_until = max(links_until, settle_until + LINK_WAIT + Pending.RETRY)
-                unbound = still
-                if registered_at is None and virtio_mem_driver(self.backend):
-                    registered_at = now
-                failed = registered_at is not None and now - registered_at >= DRIVER_SETTLE
-                if unbound and (now - start >= DRIVER_WAIT or failed):
-                    log.warning("%s: no driver after %.1f s (%s): its memory is onlined when it comes",
-                                ", ".join(unbound), now - start,
-                                "virtio_mem did not bind it" if failed else "virtio_mem not loaded?")
-                    unbound = []
+            drivers.check(now)
             self._drain()  # what the drivers add meanwhile
-            if self.pending and (now < links_until or unbound):
+            if self.pending and (now < drivers.links_until or drivers.unbound):
                 time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
                 self.process_batch()
-            elif unbound or now < settle_until:
+            elif drivers.unbound or now < drivers.settle_until:
                 time.sleep(0.05)
             else:
                 return
@@ -396,25 +409,16 @@ class Daemon:
     def _online(self, indexes) -> None:
         machine = self.blocks.machine
         if self.kernel_mode:
-            for index in indexes:
-                if not self._go_on(machine.blocks[index]):
-                    break
-                error = online_by_kernel(self.writer, index)
-                if error is not None:
-                    log.error("memory%d: online failed (%s); the block stays offline", index, error)
-                    self.counts["failed"] += 1
-                    continue
-                block = machine.blocks.get(index) if self.writer.dry_run else self.blocks.refresh(index)
-                log.info("memory%d: the kernel onlined it to %s", index, block.zone if block else "?")
-                self.counts["onlined"] += 1
-        elif indexes:
-            planner = Planner(machine, self.settings)
-            for outcome in online_blocks(self.writer, planner, indexes, self._go_on):
-                block = machine.blocks.get(outcome.decision.block)
-                if outcome.zone is not None and block is not None:
+            results = online_by_kernel(self.writer, indexes, self._go_on, self.blocks.refresh, machine.blocks)
+        else:
+            outcomes = online_blocks(self.writer, Planner(machine, self.settings), indexes, self._go_on)
+            results = [(o.decision.block, o.zone, o.result) for o in outcomes]
+            for index, zone, _ in results:
+                if zone is not None and index in machine.blocks:
                     # The instance read before the write: one replaced since is new memory.
-                    self.blocks.handled.mark(block.index, block.instance)
-                self.counts[{FAILED: "failed", ALREADY_ONLINE: "conflicts"}.get(outcome.result, "onlined")] += 1
+                    self.blocks.handled.mark(index, machine.blocks[index].instance)
+        for _, _, result in results:
+            self.counts[{FAILED: "failed", ALREADY_ONLINE: "conflicts"}.get(result, "onlined")] += 1
         if self.signals.stopping:
             left = [i for i in indexes if machine.blocks.get(i) is not None and not machine.blocks[i].online]
             if left:
@@ -434,15 +438,7 @@ class Daemon:
         return not self.signals.aborting and group is not None and not group.dynamic and group is self._finishing
 
     def status(self) -> str:
-        m = self.blocks.machine
-        online = sum(1 for b in m.blocks.values() if b.online)
-        usable = ""
-        try:
-            usable = f", {format_size(parse_meminfo(self.backend.read(MEMINFO))['MemTotal'])} usable"
-        except (OSError, ParseError, KeyError):
-            pass
-        return (f"{online} of {len(m.blocks)} blocks online{usable}; onlined {self.counts['onlined']}, "
-                f"failed {self.counts['failed']}, onlined by others {self.counts['conflicts']}")
+        return status_line(self.backend, self.blocks.machine, self.counts)
 
     # -- configuration ----------------------------------------------------------
 
@@ -470,3 +466,15 @@ class Daemon:
             log.error("kernel mode: cannot configure the kernel's policy (%s); memonlined decides instead",
                       e.strerror or e)
             self.kernel_mode = False
+
+
+def status_line(backend: Backend, machine, counts) -> str:
+    """STATUS= and the log's summary."""
+    online = sum(1 for b in machine.blocks.values() if b.online)
+    usable = ""
+    try:
+        usable = f", {format_size(parse_meminfo(backend.read(MEMINFO))['MemTotal'])} usable"
+    except (OSError, ParseError, KeyError):
+        pass
+    return (f"{online} of {len(machine.blocks)} blocks online{usable}; onlined {counts['onlined']}, "
+            f"failed {counts['failed']}, onlined by others {counts['conflicts']}")

@@ -18,8 +18,8 @@ from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, IOMEM, MEMORY, OSRELEASE, PARAMETERS, SETUP_DATA,
                       VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, ZONEINFO, block_dir)
-from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, NodeStats, runs
-from .parse import (MOVABLE, ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
+from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, runs
+from .parse import (ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_setup_data_e820, parse_state,
                     parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
 
@@ -105,10 +105,10 @@ def read_block_files(backend: Backend, index: int, node: Optional[int] = None):
     return state, parse_valid_zones(backend.read(f"{d}/valid_zones")), node
 
 
-class Reader:
-    """Reads blocks and classifies them. Holds the layout data (iomem, E820,
-    virtio_mem probes) that block classification needs, so that the daemon
-    can re-read single blocks without a full discovery."""
+class Discovery:
+    """What discover() read: the MACHINE, and the layout data (iomem, E820,
+    virtio_mem probes) that classifying a block needs, so that the daemon
+    can re-read single blocks without discovering everything again."""
 
     def __init__(self, backend: Backend, machine: Machine, facts: Optional[dict] = None):
         self.backend = backend
@@ -295,12 +295,6 @@ class Reader:
                 group.max_pages = max(pages.get(name, 0), in_iomem)
 
 
-def discover(backend: Backend) -> Machine:
-    """Read everything the policy needs. Raises SystemDataError on bad global data;
-    a bad block is skipped with a warning in Machine.warnings."""
-    return read_machine(backend)[0]
-
-
 VIRTIO_ID_MEM = "0x0018"  # include/uapi/linux/virtio_ids.h, as /sys/bus/virtio/devices/*/device says it
 
 
@@ -333,48 +327,31 @@ def read_kernel_params(backend: Backend) -> Dict[str, str]:
     return params
 
 
-def read_machine(backend: Backend, facts: Optional[dict] = None) -> Tuple[Machine, Reader]:
-    """discover(), and the Reader it used, for re-reading single blocks later.
-    FACTS: what an earlier reader learned about devices (Reader.facts)."""
+def discover(backend: Backend, facts: Optional[dict] = None) -> Discovery:
+    """Read everything the policy needs. FACTS: what an earlier discovery of
+    this boot learned about devices (Discovery.facts). Raises SystemDataError
+    on bad global data; a bad block is skipped with a warning in
+    Machine.warnings."""
     block_size = _read_global(backend, f"{MEMORY}/block_size_bytes", parse_block_size)
     zoneinfo = _read_global(backend, ZONEINFO, parse_zoneinfo)
     machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={},
                       page_size=backend.page_size(zoneinfo))
-    reader = Reader(backend, machine, facts)
-    reader.read_layout()
+    found = Discovery(backend, machine, facts)
+    found.read_layout()
     machine.auto_online_blocks = _read_optional(backend, f"{MEMORY}/auto_online_blocks")
     machine.kernel_release = _read_optional(backend, OSRELEASE)
     machine.kernel_params = read_kernel_params(backend)
-    if reader.e820 is None:
+    if found.e820 is None:
         machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): taking memory without a "
                                 "device that was online at the first look in this boot as boot memory")
-        reader.find_boot_blocks()
-    if reader.drivers:
-        reader.read_probes()
+        found.find_boot_blocks()
+    if found.drivers:
+        found.read_probes()
     nodes = backend.node_blocks()
     for index in backend.block_indexes():
-        block = reader.read_block(index, nodes.get(index))
+        block = found.read_block(index, nodes.get(index))
         if block is not None:
             machine.blocks[index] = block
-    reader.size_dimms()
-    _account(machine, zoneinfo)
-    return machine, reader
-
-
-def _account(machine: Machine, zoneinfo) -> None:
-    """Node statistics from /proc/zoneinfo, minus what the blocks say is hot-plugged."""
-    for z in zoneinfo:
-        node = machine.nodes.setdefault(z.node, NodeStats())
-        if z.zone == MOVABLE:
-            node.movable += z.present
-        elif z.zone != "Device":
-            node.kernel_early += z.present - z.cma
-            node.movable += z.cma
-    for block in machine.blocks.values():
-        if block.online and not block.early:
-            machine.count_hotplugged(block)
-    for nid, node in sorted(machine.nodes.items()):
-        if node.kernel_early < 0:
-            machine.warnings.append(f"node {nid}: more hot-plugged kernel memory than /proc/zoneinfo "
-                                    "shows present; taking its early kernel memory as 0")
-            node.kernel_early = 0
+    found.size_dimms()
+    machine.account(zoneinfo)
+    return found

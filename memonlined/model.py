@@ -147,12 +147,26 @@ class Machine:
             self._account(block, zone, -self.block_pages)
         block.state = "offline"
 
-    def count_hotplugged(self, block: Block) -> None:
-        """An online hot-plugged block that /proc/zoneinfo's present pages
-        counted as if it were early memory (zoneinfo cannot tell them apart):
-        moved to the hot-plugged side and to its group."""
-        self._account(block, block.zone, -self.block_pages, as_early=True)
-        self._account(block, block.zone, self.block_pages)
+    def account(self, zoneinfo) -> None:
+        """The counters from /proc/zoneinfo's present pages (ZONEINFO, parsed),
+        once the blocks are read: zoneinfo cannot tell early from hot-plugged
+        memory, so each online hot-plugged block is moved to its side."""
+        for z in zoneinfo:
+            node = self.nodes.setdefault(z.node, NodeStats())
+            if z.zone == MOVABLE:
+                node.movable += z.present
+            elif z.zone != "Device":
+                node.kernel_early += z.present - z.cma
+                node.movable += z.cma
+        for block in self.blocks.values():
+            if block.online and not block.early:
+                self._account(block, block.zone, -self.block_pages, as_early=True)
+                self._account(block, block.zone, self.block_pages)
+        for nid, node in sorted(self.nodes.items()):
+            if node.kernel_early < 0:
+                self.warnings.append(f"node {nid}: more hot-plugged kernel memory than /proc/zoneinfo "
+                                     "shows present; taking its early kernel memory as 0")
+                node.kernel_early = 0
 
     def _account(self, block: Block, zone: str, pages: int, as_early: bool = False) -> None:
         node = self.nodes.setdefault(block.node, NodeStats())

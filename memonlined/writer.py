@@ -11,7 +11,7 @@ import errno
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .backend import AUTO_ONLINE, Backend, PARAMETERS, block_dir
 from .parse import MOVABLE, ParseError, parse_state, parse_valid_zones
@@ -144,14 +144,28 @@ def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
     return outcomes
 
 
-def online_by_kernel(writer: Writer, index: int) -> Optional[str]:
-    """Kernel mode: a plain `online` lets the kernel's own policy pick the zone.
-    Returns None, or why it failed."""
-    try:
-        writer.block_state(index, "online")
-    except OSError as e:
-        return errno.errorcode.get(e.errno) or str(e)
-    return None
+def online_by_kernel(writer: Writer, indexes: List[int], go_on: Callable[[object], bool], refresh,
+                     blocks) -> List[Tuple[int, Optional[str], str]]:
+    """Kernel mode: a plain `online` for each of INDEXES (offline blocks of
+    BLOCKS, the model's) lets the kernel's own policy pick the zone; REFRESH
+    re-reads a block after its write. Returns (block, zone, result) of each
+    block tried."""
+    results = []
+    for index in indexes:
+        if not go_on(blocks[index]):
+            break
+        try:
+            writer.block_state(index, "online")
+        except OSError as e:
+            log.error("memory%d: online failed (%s); the block stays offline", index,
+                      errno.errorcode.get(e.errno) or str(e))
+            results.append((index, None, FAILED))
+            continue
+        block = blocks.get(index) if writer.dry_run else refresh(index)
+        zone = block.zone if block is not None else None
+        log.info("memory%d: the kernel onlined it to %s", index, zone or "?")
+        results.append((index, zone, DRY_RUN if writer.dry_run else ONLINED))
+    return results
 
 
 def configure_kernel(writer: Writer, settings, params: "dict[str, str]") -> None:

@@ -81,7 +81,7 @@ def test_capture_gives_the_same_answers(tmp_path):
 ])
 def test_resolve_mode(tmp_path, mode, settings, kernel_has_policy, expected):
     kernel = FakeKernel(tmp_path, kernel_version=(6, 1) if kernel_has_policy else (5, 10))
-    machine = discover(Backend(kernel.root))
+    machine = discover(Backend(kernel.root)).machine
     assert resolve_mode("online_policy" in machine.kernel_params, Config(mode=mode, **settings))[0] == expected
 
 
@@ -123,7 +123,7 @@ def test_status_plans_on_a_copy_and_leaves_the_model_as_it_is(tmp_path, capsys):
     kernel = FakeKernel(tmp_path, policy="contig-zones")
     kernel.add_dimm(GiB)
     backend = Backend(kernel.root)
-    machine = discover(backend)
+    machine = discover(backend).machine
     before = {i: (b.state, b.valid_zones) for i, b in machine.blocks.items()}
     nodes = {n: vars(s).copy() for n, s in machine.nodes.items()}
     assert cmd_status(backend, machine, Settings(), as_json=True) == 0

@@ -10,7 +10,7 @@ from memonlined.discover import discover
 
 def test_idle_host_is_all_boot_memory():
     root = os.path.join(DATA, "host-6.18-idle")
-    machine = discover(Backend(root))
+    machine = discover(Backend(root)).machine
     expected = json.load(open(os.path.join(root, "kernel-layout.json")))["zones"]
     assert {str(i): b.zone for i, b in machine.blocks.items()} == expected
     assert all(b.early and b.group is None for b in machine.blocks.values())

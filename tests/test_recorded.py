@@ -31,14 +31,14 @@ def test_prediction_equals_the_real_kernel(name, meta):
                          "online", "--dry-run", "--json")
     assert rc == 0
     predicted = {str(d["block"]): d["zone"] for d in json.loads(out)["decisions"]}
-    offline = {str(i) for i, b in discover(Backend(root)).blocks.items() if b.state == "offline"}
+    offline = {str(i) for i, b in discover(Backend(root)).machine.blocks.items() if b.state == "offline"}
     assert predicted.keys() == offline and offline
     assert predicted == {i: meta["zones"][i] for i in offline}
 
 
 @pytest.mark.parametrize("name, meta", scenarios("contig-zones"))
 def test_discovery_of_kernels_without_the_policy(name, meta):
-    machine = discover(Backend(os.path.join(DATA, name)))
+    machine = discover(Backend(os.path.join(DATA, name))).machine
     assert not machine.warnings
     assert "online_policy" not in machine.kernel_params
     hotplugged = [b for b in machine.blocks.values() if not b.early]
