@@ -27,6 +27,12 @@ OSRELEASE = "proc/sys/kernel/osrelease"
 KMSG = "dev/kmsg"
 BOOT_ID = "proc/sys/kernel/random/boot_id"
 MEMINFO = "proc/meminfo"
+VMSTAT = "proc/vmstat"
+# Balloon drivers, where each shows it is bound (virtio_balloon: the virtio
+# devices' ids; vmw_balloon: its module, loaded only on VMware).
+HV_BALLOON_DRIVER = "sys/bus/vmbus/drivers/hv_balloon"
+XEN_BALLOON = "sys/devices/system/xen_memory/xen_memory0"
+VMW_BALLOON = "sys/module/vmw_balloon"
 AUTO_ONLINE = f"{MEMORY}/auto_online_blocks"
 # The kernel settings memonlined may write (kernel mode and the auto-online take-over).
 SETTINGS = (AUTO_ONLINE, f"{PARAMETERS}/online_policy", f"{PARAMETERS}/auto_movable_ratio",

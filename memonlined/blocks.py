@@ -13,7 +13,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional
 
 from .backend import Backend, block_dir
-from .discover import Discovery, discover
+from .discover import Discovery, discover, read_balloons
 from .model import Block, Machine, format_runs
 from .state import Handled, StateDir
 
@@ -141,6 +141,7 @@ class Blocks:
         for index in batch:
             self.refresh(index)
         self.found.size_dimms()
+        self.machine.balloons = read_balloons(self.backend)
         # A block whose node link is not there yet (the add uevent comes
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks).

@@ -15,16 +15,17 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .backend import Backend, MEMINFO, PARAMETERS
+from .backend import Backend, PARAMETERS
 from . import config
 from .capture import CaptureError, capture
 from .config import resolve_mode
 from .conflicts import BOOT_OFFLINE_ADVICE, KERNEL_ONLINES, RuleConflict, find_conflicts
-from .discover import SystemDataError, discover
+from .discover import SystemDataError, discover, memory_now
 from .model import Machine
-from .parse import ParseError, format_size, parse_meminfo
+from .parse import format_size
 from .planner import Planner
 from .policy import Settings, movable_headroom
+from . import report
 from .state import StateDir, StateError
 from .writer import CONFLICT_MESSAGE_ID, FAILED, Outcome, Writer, online_blocks
 
@@ -194,16 +195,6 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
-def memory_now(backend: Backend) -> dict:
-    """What the kernel can hand out now, next to the block layout ({} when
-    the tree has no proc/meminfo)."""
-    try:
-        info = parse_meminfo(backend.read(MEMINFO))
-        return {"memory_total": info["MemTotal"], "memory_available": info["MemAvailable"]}
-    except (OSError, ParseError, KeyError):
-        return {}
-
-
 def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
     _auto_online_note(machine)
     # The node summary is of the machine as it is, before the planner's what-if.
@@ -217,8 +208,26 @@ def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: 
     choices = {d.block: d.zone for d in Planner(copy.deepcopy(machine), settings).plan()}
     ranges = _ranges(machine, choices)
     usage = memory_now(backend)
+    devices = report.device_figures(machine)
+    available = usage.get("memory_available")
+    hotplugged = {n.node: n for n in report.node_figures(devices, available)}
+    for n in nodes:
+        h = hotplugged.get(n["node"])
+        if h is None:  # no hot-plugged device on it
+            h = report.NodeFigures(n["node"], 0, 0, 0, 0, 0, None if available is None else 0)
+        n.update(hotplugged_bytes={"movable": h.movable, "kernel": h.kernel, "offline": h.offline},
+                 removable_bytes=h.removable, unpluggable_now_bytes=h.unpluggable_now)
+    balloon = report.balloon_warning(machine)
+    if balloon:
+        log.warning("%s", balloon)
     if as_json:
         print(json.dumps({"memory": ranges, "nodes": nodes, "block_size": machine.block_size, **usage,
+                          "devices": [{"device": d.device, "kind": d.kind, "node": d.node,
+                                       "movable_bytes": d.movable, "kernel_bytes": d.kernel,
+                                       "offline_bytes": d.offline, "removable_bytes": d.removable}
+                                      for d in devices],
+                          "unpluggable_now_bytes": report.unpluggable_now(devices, available),
+                          "balloons": report.balloons_json(machine),
                           "auto_online_blocks": machine.auto_online_blocks,
                           "kernel_params": machine.kernel_params}, indent=1))
         return EXIT_OK
@@ -239,6 +248,16 @@ def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: 
         print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
               f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "
               f"more Movable")
+    for d in devices:
+        print(f"Device {d.line()}")
+    now = report.unpluggable_now(devices, available)
+    if devices and now is not None:
+        print(f"Could be given back now: {format_size(now)} of {format_size(sum(d.removable for d in devices))} "
+              f"removable (MemAvailable {format_size(available)}; an estimate: see memonlined(8))")
+    for b in machine.balloons:
+        print(f"Balloon {b.name}: pages {'migrate' if b.migrates else 'cannot migrate'}"
+              + (f", {format_size(b.inflated_pages * machine.page_size)} inflated" if b.inflated_pages is not None
+                 else ""))
     return EXIT_OK
 
 
@@ -247,8 +266,12 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     if block is None:
         log.error("memory%d: no such block (or it was skipped)", index)
         return EXIT_USAGE
+    figures = next((d for d in report.device_figures(machine) if block.group and d.device == block.group.name),
+                   None)
     if block.online:
         text = f"memory{index} is {block.state} in {block.zone} ({block.device})"
+        if figures is not None:
+            text += f"\n  device {figures.line()}"
         print(json.dumps({"block": index, "state": block.state, "zone": block.zone, "device": block.device})
               if as_json else text)
         return EXIT_OK
@@ -263,6 +286,8 @@ def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool)
     if before:
         print(f"  (after the {len(before)} offline blocks below it, as `online` would do them first)")
     print(f"  {decision.reason}")
+    if figures is not None:
+        print(f"  device {figures.line()}")
     for c in decision.checks:
         where = "system" if c.node is None else f"node {c.node}"
         print(f"  {where}: early kernel {c.kernel_early} pages, movable {c.movable}, other dynamic groups "
@@ -329,6 +354,15 @@ def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, conf
         print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
               f"kernel {format_size(group.kernel_pages * machine.page_size)}, "
               f"movable {format_size(group.movable_pages * machine.page_size)}")
+    for b in machine.balloons:
+        print(f"balloon: {b.name}, pages {'migrate' if b.migrates else 'cannot migrate'}"
+              + (f", {format_size(b.inflated_pages * machine.page_size)} inflated" if b.inflated_pages is not None
+                 else ""))
+    if not machine.balloons:
+        print("no balloon driver is bound")
+    balloon = report.balloon_warning(machine)
+    if balloon:
+        print(f"warning: {balloon} (unmovable_balloon = {settings.unmovable_balloon})")
     conflicts = find_conflicts(backend)
     for conflict in conflicts:
         print("conflict: " + conflict.advice())

@@ -35,6 +35,7 @@ class Config(Settings):
     take_over_auto_online: bool = True
     event_source: str = "kernel"
     receive_buffer_mib: int = 16
+    metrics_file: str = "off"
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -55,6 +56,12 @@ def _int_range(low: int, high: int) -> Callable[[str], int]:
             raise ValueError(f"expected a whole number from {low} to {high}")
         return value
     return parse
+
+
+def _metrics_path(text: str) -> str:
+    if text != "off" and not os.path.isabs(text):
+        raise ValueError("expected off or an absolute path")
+    return text
 
 
 def _bool(text: str) -> bool:
@@ -83,6 +90,9 @@ KEYS: Dict[str, Key] = {
     "kernel_floor_mib": Key("policy", _int_range(0, 1 << 30), "MIB",
                             "per node: hot-plugged memory goes to a kernel zone until the node has this much "
                             "hot-plugged kernel memory"),
+    "unmovable_balloon": Key("policy", _choice("warn", "kernel"), "warn|kernel",
+                             "while a balloon whose pages cannot migrate is active (hv_balloon, Xen's, or "
+                             "without balloon compaction): warn only, or hot-plugged memory to kernel zones"),
     "mode": Key("daemon", _choice(*MODES), "|".join(MODES),
                 "userspace: memonlined decides and writes; kernel: configure the kernel's own policy "
                 "(5.15+); auto: kernel mode where the kernel can do what the configuration asks"),
@@ -94,6 +104,9 @@ KEYS: Dict[str, Key] = {
                         "uevents from udevd, or straight from the kernel (systems without udevd)"),
     "receive_buffer_mib": Key("daemon", _int_range(1, 1024), "MIB",
                               "uevent socket receive buffer; too small loses events in a burst"),
+    "metrics_file": Key("daemon", _metrics_path, "off|PATH",
+                        "write the figures in the Prometheus text format to PATH (node_exporter's textfile "
+                        "collector), replaced on every change"),
 }
 
 
@@ -180,7 +193,8 @@ def resolve_mode(has_policy: bool, settings: Config) -> "tuple[str, str]":
         if not has_policy:
             return "userspace", "mode auto: this kernel has no auto-movable policy (before 5.15)"
         if settings.needs_userspace():
-            return "userspace", "mode auto: the configuration asks for what only memonlined can do " \
-                                "(a policy other than auto-movable, a kernel floor or overrides)"
+            return "userspace", ("mode auto: the configuration asks for what only memonlined can do "
+                                 "(a policy other than auto-movable, a kernel floor, overrides or "
+                                 "unmovable_balloon = kernel)")
         return "kernel", "mode auto: the kernel has the auto-movable policy and the configuration needs nothing more"
     return "userspace", "mode userspace configured"

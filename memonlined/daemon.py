@@ -16,17 +16,20 @@ import socket
 import time
 from typing import Dict, Optional
 
-from .backend import AUTO_ONLINE, Backend, MEMINFO, numbered
+from . import report
+from .backend import AUTO_ONLINE, Backend, numbered
 from .blocks import LINK_WAIT, Blocks
 from .conflicts import BOOT_OFFLINE_ADVICE
 from .config import Config
-from .discover import SystemDataError, read_kernel_params, unbound_virtio_mem, virtio_mem_driver
+from .discover import SystemDataError, memory_now, read_kernel_params, unbound_virtio_mem, virtio_mem_driver
+from .metrics import MetricsFile, render
 from .notify import Systemd, Watchdog
 from .model import format_runs
-from .parse import format_size, parse_meminfo, ParseError
+from .parse import MOVABLE, format_size
 from .planner import Planner
 from .state import AUTO_ONLINE_VALUES, TAKE_OVER, StateDir
-from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blocks, online_by_kernel
+from .writer import (ALREADY_ONLINE, FAILED, FIGURES_MESSAGE_ID, Writer, configure_kernel, online_blocks,
+                     online_by_kernel)
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +262,8 @@ class Daemon:
         self.signals = Signals()
         self.watchdog = Watchdog(self.notifier)
         self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
+        self.metrics = MetricsFile(None if dry_run else _metrics_path(settings))
+        self.balloon_said: Optional[str] = None  # the balloon last warned about
         self.ready = False
         self.rescan_at: Optional[float] = None  # a failed rescan is tried again
         self._finishing = None  # the static group a stop lets finish
@@ -279,13 +284,16 @@ class Daemon:
                 unbound = unbound_virtio_mem(self.backend)
                 self.monitor.start()  # before the scan, so no add between the two is lost
                 self.scan()
+                self._balloon_check()
                 self._start_up(unbound)
+                self._update_metrics()
                 if not self.signals.stopping:
                     self.notifier.ready(self.status())
                     self.ready = True
                     log.info("ready: %s", self.status())
                     self._loop()
                 self.notifier.stopping()
+                self._update_metrics(running=False)
                 if self.signals.aborting:
                     log.error("aborted (SIGABRT: the watchdog?): %s", self.status())
                 else:
@@ -331,6 +339,7 @@ class Daemon:
                     self.process_batch()
                 if self.blocks.handled.dirty:  # blocks seen online through uevents: a restart must know them
                     self.blocks.save()
+                self._update_metrics()
 
     # -- uevents --------------------------------------------------------------
 
@@ -402,7 +411,9 @@ class Daemon:
                 log.warning("memory%d: was already online in %s when memonlined got to it "
                             "(onlined by someone else)", index, block.zone)
                 self.counts["conflicts"] += 1
-        self._online([i for i in sorted(seen) if i in model and not model[i].online])
+        todo = [i for i in sorted(seen) if i in model and not model[i].online]
+        self._online(todo)
+        self._log_figures(todo)
         if self.ready:  # before READY=1, the start-up's own status follows
             self.notifier.status(self.status())
 
@@ -440,6 +451,32 @@ class Daemon:
     def status(self) -> str:
         return status_line(self.backend, self.blocks.machine, self.counts)
 
+    # -- what the decisions leave: figures, balloons, metrics ---------------------
+
+    def _log_figures(self, indexes) -> None:
+        """The figures of the devices a batch onlined blocks of (report.py), as
+        journal fields too; the balloon warning when memory went Movable."""
+        blocks = self.blocks.machine.blocks
+        names = {blocks[i].group.name for i in indexes if i in blocks and blocks[i].group is not None}
+        for d in report.device_figures(self.blocks.machine):
+            if d.device in names:
+                log.info("%s", d.line(), extra={"MESSAGE_ID": FIGURES_MESSAGE_ID, "DEVICE": d.device,
+                                                 "MOVABLE_BYTES": d.movable, "KERNEL_BYTES": d.kernel,
+                                                 "OFFLINE_BYTES": d.offline, "REMOVABLE_BYTES": d.removable})
+        if any(i in blocks and blocks[i].zone == MOVABLE for i in indexes):
+            self._balloon_check()
+
+    def _balloon_check(self) -> None:
+        """The balloon warning when it first applies, and again for another balloon."""
+        balloon = self.blocks.machine.unmovable_balloon()
+        if balloon is not None and balloon.name != self.balloon_said:
+            log.warning("%s", report.balloon_warning(self.blocks.machine))
+        self.balloon_said = balloon.name if balloon is not None else None
+
+    def _update_metrics(self, running: bool = True) -> None:
+        self.metrics.update(lambda: render(self.blocks.machine, self.counts,
+                                           memory_now(self.backend).get("memory_available"), running))
+
     # -- configuration ----------------------------------------------------------
 
     def reload(self) -> None:
@@ -454,6 +491,8 @@ class Daemon:
         old, self.settings = self.settings, new
         later = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
         self.pending.settle = new.settle_ms / 1000
+        if _metrics_path(new) != self.metrics.path and not self.writer.dry_run:
+            self.metrics = MetricsFile(_metrics_path(new))
         if self.kernel_mode:
             self._configure_kernel()
         log.info("configuration reloaded%s", f"; {', '.join(later)}: in force from the next start" if later else "")
@@ -468,13 +507,15 @@ class Daemon:
             self.kernel_mode = False
 
 
+def _metrics_path(settings: Config) -> Optional[str]:
+    return None if settings.metrics_file == "off" else settings.metrics_file
+
+
 def status_line(backend: Backend, machine, counts) -> str:
     """STATUS= and the log's summary."""
     online = sum(1 for b in machine.blocks.values() if b.online)
-    usable = ""
-    try:
-        usable = f", {format_size(parse_meminfo(backend.read(MEMINFO))['MemTotal'])} usable"
-    except (OSError, ParseError, KeyError):
-        pass
+    memory = memory_now(backend)
+    usable = f", {format_size(memory['memory_total'])} usable" if memory else ""
     return (f"{online} of {len(machine.blocks)} blocks online{usable}; onlined {counts['onlined']}, "
-            f"failed {counts['failed']}, onlined by others {counts['conflicts']}")
+            f"failed {counts['failed']}, onlined by others {counts['conflicts']}; "
+            + report.summary(machine, memory.get("memory_available")))

@@ -16,12 +16,13 @@ import os
 import re
 from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
-from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, IOMEM, MEMORY, OSRELEASE, PARAMETERS, SETUP_DATA,
-                      VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, ZONEINFO, block_dir)
-from .model import DAX, DIMM, VIRTIO_MEM, Block, Group, Machine, runs
+from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, HV_BALLOON_DRIVER, IOMEM, MEMINFO, MEMORY, OSRELEASE,
+                      PARAMETERS, SETUP_DATA, VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, VMSTAT, VMW_BALLOON,
+                      XEN_BALLOON, ZONEINFO, block_dir)
+from .model import DAX, DIMM, VIRTIO_MEM, Balloon, Block, Group, Machine, runs
 from .parse import (ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
-                    parse_block_size, parse_boot_e820, parse_iomem, parse_setup_data_e820, parse_state,
-                    parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
+                    parse_block_size, parse_boot_e820, parse_iomem, parse_meminfo, parse_setup_data_e820, parse_state,
+                    parse_valid_zones, parse_virtio_mem_probes, parse_vmstat, parse_zoneinfo)
 
 log = logging.getLogger(__name__)
 
@@ -295,21 +296,63 @@ class Discovery:
                 group.max_pages = max(pages.get(name, 0), in_iomem)
 
 
-VIRTIO_ID_MEM = "0x0018"  # include/uapi/linux/virtio_ids.h, as /sys/bus/virtio/devices/*/device says it
+# include/uapi/linux/virtio_ids.h, as /sys/bus/virtio/devices/*/device says them
+VIRTIO_ID_BALLOON = "0x0005"
+VIRTIO_ID_MEM = "0x0018"
 
 
-def unbound_virtio_mem(backend: Backend) -> List[str]:
-    """virtio-mem devices whose driver is not bound yet: at boot udev loads
-    virtio_mem while memonlined starts, and the device's memory comes then."""
-    unbound = []
+def _virtio_devices(backend: Backend, device_id: str, bound: bool) -> List[str]:
+    """The virtio devices of DEVICE_ID whose driver is (BOUND) or is not bound."""
+    names = []
     for name in backend.listdir(VIRTIO_DEVICES):
         try:
             device = backend.read(f"{VIRTIO_DEVICES}/{name}/device").strip()
         except OSError:
             continue
-        if device == VIRTIO_ID_MEM and not backend.exists(f"{VIRTIO_DEVICES}/{name}/driver"):
-            unbound.append(name)
-    return sorted(unbound)
+        if device == device_id and backend.exists(f"{VIRTIO_DEVICES}/{name}/driver") == bound:
+            names.append(name)
+    return sorted(names)
+
+
+def unbound_virtio_mem(backend: Backend) -> List[str]:
+    """virtio-mem devices whose driver is not bound yet: at boot udev loads
+    virtio_mem while memonlined starts, and the device's memory comes then."""
+    return _virtio_devices(backend, VIRTIO_ID_MEM, bound=False)
+
+
+def memory_now(backend: Backend) -> Dict[str, int]:
+    """MemTotal and MemAvailable in bytes ({} when proc/meminfo is unreadable)."""
+    try:
+        info = parse_meminfo(backend.read(MEMINFO))
+        return {"memory_total": info["MemTotal"], "memory_available": info["MemAvailable"]}
+    except (OSError, ParseError, KeyError):
+        return {}
+
+
+def read_balloons(backend: Backend) -> List[Balloon]:
+    """The balloon drivers bound now. Whether balloon pages migrate is
+    /proc/vmstat's balloon_migrate, there exactly when the kernel has balloon
+    compaction (CONFIG_BALLOON_COMPACTION, BALLOON_MIGRATION in 7.x), which
+    virtio_balloon and vmw_balloon use; hv_balloon and Xen's balloon take
+    GFP_HIGHUSER pages, which never migrate. balloon_inflate minus
+    balloon_deflate counts the pages of the drivers using it."""
+    try:
+        vmstat = parse_vmstat(backend.read(VMSTAT))
+    except (OSError, ParseError):
+        vmstat = {}
+    migrates = "balloon_migrate" in vmstat
+    inflated = (vmstat["balloon_inflate"] - vmstat["balloon_deflate"]
+                if "balloon_inflate" in vmstat and "balloon_deflate" in vmstat else None)
+    balloons = [Balloon("virtio_balloon", name, migrates, inflated)
+                for name in _virtio_devices(backend, VIRTIO_ID_BALLOON, bound=True)]
+    if backend.exists(VMW_BALLOON):
+        balloons.append(Balloon("vmw_balloon", "-", migrates, inflated))
+    for name in backend.listdir(HV_BALLOON_DRIVER):
+        if name != "module" and backend.readlink(f"{HV_BALLOON_DRIVER}/{name}") is not None:
+            balloons.append(Balloon("hv_balloon", name, False, None))
+    if backend.exists(XEN_BALLOON):
+        balloons.append(Balloon("xen_balloon", "xen_memory0", False, None))
+    return balloons
 
 
 def virtio_mem_driver(backend: Backend) -> bool:
@@ -341,6 +384,7 @@ def discover(backend: Backend, facts: Optional[dict] = None) -> Discovery:
     machine.auto_online_blocks = _read_optional(backend, f"{MEMORY}/auto_online_blocks")
     machine.kernel_release = _read_optional(backend, OSRELEASE)
     machine.kernel_params = read_kernel_params(backend)
+    machine.balloons = read_balloons(backend)
     if found.e820 is None:
         machine.warnings.append("no boot E820 table (sys/kernel/boot_params/data): taking memory without a "
                                 "device that was online at the first look in this boot as boot memory")

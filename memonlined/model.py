@@ -83,6 +83,21 @@ class Block:
 
 
 @dataclass
+class Balloon:
+    """A memory balloon driver bound in this guest. One whose pages cannot
+    migrate allocates them from kernel zones only (GFP_HIGHUSER): memory
+    put in ZONE_MOVABLE is no use to it, and it starves the kernel zones."""
+    driver: str                    # virtio_balloon, vmw_balloon, hv_balloon, xen_balloon
+    device: str                    # virtio3, a VMBus device, xen_memory0; "-" for vmw_balloon
+    migrates: bool                 # balloon compaction: its pages are movable and may come from ZONE_MOVABLE
+    inflated_pages: Optional[int]  # pages in the balloon now, where /proc/vmstat counts them
+
+    @property
+    def name(self) -> str:
+        return self.driver if self.device == "-" else f"{self.driver} ({self.device})"
+
+
+@dataclass
 class NodeStats:
     """The ratio's two sides on one node (mm/memory_hotplug.c auto_movable_stats)."""
     kernel_early: int = 0   # early present pages in kernel zones, minus CMA
@@ -104,6 +119,7 @@ class Machine:
     kernel_release: Optional[str] = None
     page_size: int = PAGE_SIZE
     warnings: List[str] = field(default_factory=list)
+    balloons: List[Balloon] = field(default_factory=list)
 
     _dynamic: Dict[Optional[int], List[Group]] = field(default_factory=dict, repr=False)
 
@@ -129,6 +145,10 @@ class Machine:
             self._dynamic[node] = [g for g in self.groups.values()
                                    if g.dynamic and (node is None or g.node == node)]
         return self._dynamic[node]
+
+    def unmovable_balloon(self) -> Optional[Balloon]:
+        """The first active balloon whose pages cannot migrate, if any."""
+        return next((b for b in self.balloons if not b.migrates), None)
 
     @property
     def block_pages(self) -> int:

@@ -248,6 +248,18 @@ def parse_meminfo(text: str) -> Dict[str, int]:
     return out
 
 
+def parse_vmstat(text: str) -> Dict[str, int]:
+    """/proc/vmstat ("balloon_inflate 4096": name and count, one a line)."""
+    out = {}
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[1].isdigit():
+            out[words[0]] = int(words[1])
+    if not out:
+        raise ParseError("expected lines such as 'nr_free_pages 12345'")
+    return out
+
+
 def format_size(nbytes: int) -> str:
     """Sizes the way lsmem prints them: 128M, 2G, 1.5G."""
     for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):

@@ -27,6 +27,8 @@ ONLINED, FALLBACK, ALREADY_ONLINE, VANISHED, FAILED, DRY_RUN = (
 # A journal MESSAGE_ID for every decision, and one for conflicts with other onliners.
 DECISION_MESSAGE_ID = "3f0b6c2e8d4a4f5bb1c9e7a2d5f81c40"
 CONFLICT_MESSAGE_ID = "9a7d2e41c6b84d0f8e3a5b1c7f2d6e93"
+# A device's figures after a batch (report.py).
+FIGURES_MESSAGE_ID = "c4e81f0a9b2d47e6a35f6d7b8e9c0a12"
 
 
 class Writer:

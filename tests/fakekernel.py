@@ -1095,13 +1095,49 @@ class FakeKernel:
         self._virtio_device_dir(name)
         return name
 
-    def _virtio_device_dir(self, name):
+    def _virtio_device_dir(self, name, device_id="0x0018"):
         d = os.path.join(self.root, "sys/bus/virtio/devices", name)
         if not os.path.isdir(d):
             os.makedirs(d)
             with open(os.path.join(d, "device"), "w") as f:
-                f.write("0x0018\n")  # VIRTIO_ID_MEM, as device_show() prints it
+                f.write(device_id + "\n")  # VIRTIO_ID_MEM by default, as device_show() prints it
         return d
+
+    def add_balloon(self, driver="virtio_balloon", compaction=True, inflated_pages=0, bound=True):
+        """A balloon driver as sysfs shows it, and /proc/vmstat's balloon
+        counters (mm/vmstat.c: balloon_inflate and balloon_deflate with
+        CONFIG_MEMORY_BALLOON, balloon_migrate only with compaction).
+        Returns the device's name."""
+        if driver == "virtio_balloon":
+            name = "virtio%d" % self._next_virtio
+            self._next_virtio += 1
+            d = self._virtio_device_dir(name, "0x0005")  # VIRTIO_ID_BALLOON
+            drv = os.path.join(self.root, "sys/bus/virtio/drivers/virtio_balloon")
+            os.makedirs(drv, exist_ok=True)
+            if bound:
+                os.symlink(os.path.relpath(drv, d), os.path.join(d, "driver"))
+        elif driver == "hv_balloon":
+            name = "1eccfd72-4b41-45ef-b73a-4a6e44c12924"  # the dynamic memory VMBus device
+            dev = os.path.join(self.root, "sys/bus/vmbus/devices", name)
+            drv = os.path.join(self.root, "sys/bus/vmbus/drivers/hv_balloon")
+            os.makedirs(dev)
+            os.makedirs(drv, exist_ok=True)
+            for f in ("bind", "unbind", "uevent"):
+                open(os.path.join(drv, f), "w").close()
+            if bound:
+                os.symlink(os.path.relpath(dev, drv), os.path.join(drv, name))
+        elif driver == "xen_balloon":
+            name = "xen_memory0"
+            os.makedirs(os.path.join(self.root, "sys/devices/system/xen_memory", name, "info"))
+        else:  # vmw_balloon: a module, loaded only on VMware
+            name = "-"
+            os.makedirs(os.path.join(self.root, "sys/module/vmw_balloon"))
+        counters = "balloon_inflate %d\nballoon_deflate 0\n" % inflated_pages
+        if compaction:
+            counters += "balloon_migrate 0\n"
+        self._write(os.path.join(self.root, "proc/vmstat"),
+                    "nr_free_pages 1000\npgpgin 0\n" + counters + "swap_ra 0\n")
+        return name
 
     def add_virtio_mem(self, region_size, node=0, device_block_size=2 << 20, bbm=False,
                        start=None, name=None):

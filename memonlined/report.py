@@ -1,0 +1,130 @@
+"""What the model tells a user after the decisions: per hot-plugged device
+and per node, how much memory is in ZONE_MOVABLE, in kernel zones and
+offline, and how much could be given back (unplugged) now; the balloons.
+Pure: status, explain, the daemon's STATUS= and journal, and the metrics
+file all say these same figures.
+
+The estimate, and its limits. Offlining memory migrates what is in use in
+it to free memory anywhere else (mm/memory_hotplug.c do_migrate_range()
+prefers other nodes), so after giving back X bytes the rest must hold what
+was in use: X <= MemAvailable, the kernel's own estimate of what can be
+allocated without swapping (free memory plus reclaimable caches, less the
+watermarks). Offline blocks cost nothing to give back. Only ZONE_MOVABLE is
+counted: memory in kernel zones holds unmovable allocations at any time
+(virtio-mem may still get some free kernel-zone memory back, never
+promised). A DIMM or a dax device goes as a whole: any block in a kernel
+zone keeps all of it. What the estimate cannot see: pages pinned for a long
+time or under I/O, which make offlining retry or fail; memory the kernel
+cannot reclaim in time; and the hypervisor, which decides how much of a
+virtio-mem request it asks back.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+from .model import Machine
+from .parse import format_size
+
+
+@dataclass
+class DeviceFigures:
+    """A hot-plugged device's memory, in bytes."""
+    device: str
+    kind: str
+    node: Optional[int]
+    movable: int
+    kernel: int
+    offline: int
+    removable: int  # what could be unplugged with enough free memory elsewhere
+
+    def line(self) -> str:
+        return (f"{self.device}: Movable {format_size(self.movable)}, kernel {format_size(self.kernel)}, "
+                f"offline {format_size(self.offline)}; removable {format_size(self.removable)}")
+
+
+@dataclass
+class NodeFigures:
+    """A node's hot-plugged memory, in bytes; unpluggable_now: what could be
+    given back now (None: MemAvailable unknown)."""
+    node: Optional[int]
+    movable: int
+    kernel: int
+    offline: int
+    removable: int
+    removable_offline: int
+    unpluggable_now: Optional[int]
+
+
+def device_figures(machine: Machine) -> List[DeviceFigures]:
+    bs, ps = machine.block_size, machine.page_size
+    offline: Dict[str, int] = {}
+    for block in machine.blocks.values():
+        if block.group is not None and not block.online:
+            offline[block.group.name] = offline.get(block.group.name, 0) + bs
+    out = []
+    for name, g in sorted(machine.groups.items()):
+        movable, kernel, off = g.movable_pages * ps, g.kernel_pages * ps, offline.get(name, 0)
+        # A static device (DIMM, dax) goes as a whole: one kernel block keeps it all.
+        removable = movable + off if g.dynamic or not kernel else 0
+        out.append(DeviceFigures(name, g.kind, g.node, movable, kernel, off, removable))
+    return out
+
+
+def node_figures(devices: List[DeviceFigures], available: Optional[int]) -> List[NodeFigures]:
+    """Per node, from DEVICES; AVAILABLE: MemAvailable in bytes (or None)."""
+    nodes: Dict[Optional[int], NodeFigures] = {}
+    for d in devices:
+        n = nodes.setdefault(d.node, NodeFigures(d.node, 0, 0, 0, 0, 0, None))
+        n.movable += d.movable
+        n.kernel += d.kernel
+        n.offline += d.offline
+        n.removable += d.removable
+        n.removable_offline += d.offline if d.removable else 0
+    for n in nodes.values():
+        if available is not None:
+            n.unpluggable_now = n.removable_offline + min(n.removable - n.removable_offline, available)
+    return [nodes[k] for k in sorted(nodes, key=lambda k: (k is None, k or 0))]
+
+
+def unpluggable_now(devices: List[DeviceFigures], available: Optional[int]) -> Optional[int]:
+    """The whole system's: what giving back from every node at once leaves room for."""
+    if available is None:
+        return None
+    removable = sum(d.removable for d in devices)
+    free = sum(d.offline for d in devices if d.removable)
+    return free + min(removable - free, available)
+
+
+def balloon_warning(machine: Machine) -> Optional[str]:
+    """The cover letter's future work 3: a balloon that cannot migrate its
+    pages beside memory in ZONE_MOVABLE. None when there is nothing to say."""
+    balloon = machine.unmovable_balloon()
+    if balloon is None:
+        return None
+    ps = machine.page_size
+    movable = sum(n.movable for n in machine.nodes.values()) * ps
+    kernel = sum(n.kernel_early + n.hotplugged_kernel for n in machine.nodes.values()) * ps
+    why = ("Xen's and Hyper-V's balloons take GFP_HIGHUSER pages" if balloon.driver in ("hv_balloon", "xen_balloon")
+           else "this kernel has no balloon compaction (no balloon_migrate in /proc/vmstat)")
+    return (f"{balloon.name} is active and its pages cannot migrate ({why}): it inflates from kernel zones "
+            f"only ({format_size(kernel)}), not from ZONE_MOVABLE ({format_size(movable)}); "
+            "unmovable_balloon = kernel puts hot-plugged memory in kernel zones while it is active")
+
+
+def balloons_json(machine: Machine) -> List[dict]:
+    ps = machine.page_size
+    return [{"driver": b.driver, "device": b.device, "migrates": b.migrates,
+             "inflated_bytes": None if b.inflated_pages is None else b.inflated_pages * ps}
+            for b in machine.balloons]
+
+
+def summary(machine: Machine, available: Optional[int]) -> str:
+    """One line for STATUS= and the log."""
+    devices = device_figures(machine)
+    if not devices:
+        return "no hot-plugged devices"
+    movable = sum(d.movable for d in devices)
+    kernel = sum(d.kernel for d in devices)
+    now = unpluggable_now(devices, available)
+    return (f"hot-plugged Movable {format_size(movable)}, kernel {format_size(kernel)}"
+            + (f", could give back {format_size(now)} now" if now is not None else ""))
