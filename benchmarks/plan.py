@@ -30,7 +30,7 @@ def build(root: str, blocks: int) -> FakeKernel:
     per_node = blocks // NODES * 128 << 20
     boot = {0: [(0, 2 * GiB), (4 * GiB, 2 * GiB)]}
     boot.update({n: [(8 * GiB + (n - 1) * 4 * GiB, 4 * GiB)] for n in range(1, NODES)})
-    kernel = FakeKernel(root, boot_ram=boot)
+    kernel = FakeKernel(root, boot_ram=boot, back_links=True)  # nodeN/memoryM, as real kernels have them
     with kernel.batch():
         for node in range(NODES):
             for _ in range(per_node // 2 // (8 * GiB)):

@@ -16,6 +16,7 @@ pytestmark = [pytest.mark.vm, pytest.mark.usefixtures("e2e_ready")]
 
 BOOT_MIB = 2048
 HOG_MIB = 3000
+SAFE_MARGIN = 128 * MiB
 
 
 def wait(what, condition, timeout=180):
@@ -39,6 +40,10 @@ def estimate(st, device):
 
 def virtio_name(st):
     return next(d["device"] for d in st["devices"] if d["kind"] == "virtio-mem")
+
+
+def oom(g):
+    return g.sh("dmesg | grep -E 'Out of memory: Killed process' | tail -3", check=False).stdout.strip()
 
 
 def give_back(suite):
@@ -74,24 +79,31 @@ def give_back(suite):
         except GuestError:
             res["idle d0 given back"] = 0
 
-        # Under a memory hog that leaves a few hundred MiB available.
+        # Under a memory hog that leaves a few hundred MiB available. The
+        # daemon and the test's agent are kept from the OOM killer, as the
+        # unit keeps memonlined (OOMScoreAdjust=-1000).
         S.resize(g, "vm0", 2 * GiB)
         S.wait_layout(g, S.all_online(count + 16), "virtio-mem's 2 GiB online again")
+        g.sh("for p in $(pgrep -f agent.py) $(cat /run/mo.pid); do echo -1000 > /proc/$p/oom_score_adj; done")
         g.sh(f"python3 -c 'import time; b = b\"x\" * ({HOG_MIB} << 20); open(\"/run/hog.ready\", \"w\").close(); "
              "time.sleep(900)' >/dev/null 2>&1 & echo $! > /run/hog.pid")
         wait("the hog", lambda: g.sh("ls /run/hog.ready 2>/dev/null", check=False).stdout.strip(), timeout=240)
         time.sleep(2)
-        res["hog estimate"] = estimate(status(g), vm)
-        res["hog vm0 given back"] = 2 * GiB - S.resize(g, "vm0", 0, settle=30)
-        res["hog alive"] = g.sh("kill -0 $(cat /run/hog.pid) && echo alive", check=False).stdout.strip()
-        res["oom"] = g.sh("dmesg | grep -i -E 'out of memory|oom-kill|killed process' | tail -5",
-                          check=False).stdout.strip()
-        res["after"] = g.sh("grep -E '^(MemTotal|MemAvailable)' /proc/meminfo", check=False).stdout
+        res["hog estimate"] = est = estimate(status(g), vm)
+        # First what the estimate names, less a margin (virtio-mem's 2 MiB blocks).
+        res["hog first ask"] = ask = max(0, est["now"] - SAFE_MARGIN) // (2 * MiB) * (2 * MiB)
+        res["hog first given back"] = 2 * GiB - S.resize(g, "vm0", 2 * GiB - ask, settle=30)
+        res["hog alive after first"] = g.sh("kill -0 $(cat /run/hog.pid) && echo alive", check=False).stdout.strip()
+        res["oom after first"] = oom(g)
+        # Not asked here: everything. Beyond the estimate the guest's OOM
+        # killer took the hog (a run gave back all 2 GiB with 724 MiB
+        # estimated), or memonlined itself when not protected, or the guest
+        # died with both protected.
         res["rc"], res["log"] = S.stop_daemon(g)
     return res
 
 
-@pytest.mark.parametrize("suite", ["bookworm"])
+@pytest.mark.parametrize("suite", ["bookworm", *S.NEWEST])
 def test_balloon_and_what_could_be_given_back_against_a_real_shrink_and_eject(suite):
     res = give_back(suite)
     mib = lambda n: f"{n / MiB:.0f} MiB"  # noqa: E731
@@ -99,7 +111,8 @@ def test_balloon_and_what_could_be_given_back_against_a_real_shrink_and_eject(su
                 f"given back {mib(res['idle vm0 given back'])}; d0 estimate "
                 f"{mib(res['idle estimate']['d0']['removable'])}, ejected {mib(res['idle d0 given back'])}; "
                 f"hog: estimate {mib(res['hog estimate']['now'])} (MemAvailable "
-                f"{mib(res['hog estimate']['available'])}), given back {mib(res['hog vm0 given back'])}", 0)
+                f"{mib(res['hog estimate']['available'])}), asked {mib(res['hog first ask'])}, given back "
+                f"{mib(res['hog first given back'])}, hog {res['hog alive after first'] or 'killed'}", 0)
     assert res["rc"] == 0, res["log"][-3000:]
     # The balloon: as QEMU counts it, and whether it migrates as the kernel's vmstat says.
     (balloon,) = res["balloons"]
@@ -112,12 +125,12 @@ def test_balloon_and_what_could_be_given_back_against_a_real_shrink_and_eject(su
     assert res["idle estimate"]["vm0"]["removable"] == res["idle vm0 given back"] == 2 * GiB
     assert res["idle estimate"]["d0"]["removable"] == res["idle d0 given back"] == GiB
     assert res["idle estimate"]["vm0"]["now"] == 3 * GiB      # both at once: MemAvailable was enough
-    # Under the hog: the estimate is bounded by MemAvailable, and so was the real shrink.
-    est, real = res["hog estimate"]["now"], res["hog vm0 given back"]
-    assert res["hog alive"] == "alive" and not res["oom"], f"{res['oom']}\n{res['after']}"
+    # Under the hog: the estimate is bounded by MemAvailable, and asking for
+    # it (less the margin) gets it all back without an OOM kill.
+    est = res["hog estimate"]["now"]
     assert est == min(2 * GiB, res["hog estimate"]["available"]) < 2 * GiB
-    assert est / 2 <= real <= est + 256 * MiB, f"estimate {mib(est)}, given back {mib(real)}"
-    assert res["hog alive"] == "alive"
+    assert res["hog first given back"] == res["hog first ask"] > 0
+    assert res["hog alive after first"] == "alive" and not res["oom after first"], res["oom after first"]
     samples = {(s.name, s.labels.get("device"), s.labels.get("state")): s.value
                for f in text_string_to_metric_families(res["metrics"]) for s in f.samples}
     vm = next(k[1] for k in samples if k[0] == "memonlined_device_bytes" and k[1].startswith("virtio"))
