@@ -59,10 +59,11 @@ class Backend:
 
     def __init__(self, root: str = "/"):
         self.root = os.path.abspath(root)
+        self._prefix = self.root.rstrip("/") + "/"
         self._memory_fd: Optional[int] = None  # sys/devices/system/memory, opened beneath the root
 
     def path(self, rel: str) -> str:
-        return os.path.join(self.root, rel)
+        return self._prefix + rel  # REL is relative: beneath the root (and cheaper than os.path.join)
 
     def read(self, rel: str) -> str:
         # os.read on a raw descriptor: discovery reads two files per block,
@@ -78,6 +79,15 @@ class Backend:
         finally:
             os.close(fd)
         return b"".join(chunks).decode("ascii", "replace")
+
+    def read_attribute(self, rel: str) -> str:
+        """A sysfs attribute: its show() output (a page at most) comes in one
+        read, so one read() call instead of a second one to see EOF."""
+        fd = os.open(self.path(rel), os.O_RDONLY)
+        try:
+            return os.read(fd, 65536).decode("ascii", "replace")
+        finally:
+            os.close(fd)
 
     def read_bytes(self, rel: str) -> bytes:
         with open(self.path(rel), "rb") as f:

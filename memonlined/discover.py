@@ -92,9 +92,9 @@ def read_block_files(backend: Backend, index: int, node: Optional[int] = None):
     unreadable) or ParseError (garbled); the caller says which file."""
     d = block_dir(index)
     # phys_index must name the block: anything else means the tree is not what it seems.
-    if parse_hex(backend.read(f"{d}/phys_index"), "phys_index in hex") != index:
+    if parse_hex(backend.read_attribute(f"{d}/phys_index"), "phys_index in hex") != index:
         raise ParseError(f"phys_index does not say {index:08x}")
-    state = parse_state(backend.read(f"{d}/state"))
+    state = parse_state(backend.read_attribute(f"{d}/state"))
     if node is None:
         node = backend.block_node(index)
         if node is None:
@@ -103,7 +103,7 @@ def read_block_files(backend: Backend, index: int, node: Optional[int] = None):
             # with NUMA_NO_NODE: seen in 6.1 guests). The link comes after the
             # node is set, so valid_zones is read only once the link is there.
             return state, (), None
-    return state, parse_valid_zones(backend.read(f"{d}/valid_zones")), node
+    return state, parse_valid_zones(backend.read_attribute(f"{d}/valid_zones")), node
 
 
 class Discovery:

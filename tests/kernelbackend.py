@@ -24,13 +24,20 @@ class KernelBackend(Backend):
         self.oopses = []  # reads that would have crashed a real kernel
         self.lock = threading.RLock()  # the daemon tests change the kernel from a second thread
 
-    def read(self, rel):
+    def _oops_check(self, rel):
         # A real kernel oopses reading valid_zones of a block whose node it has
         # not set yet, i.e. before the block's nodeK link exists (6.1 guests).
         m = VALID_ZONES.fullmatch(rel)
         if m and os.path.isdir(self.path(os.path.dirname(rel))) and self.block_node(int(m.group(1))) is None:
             self.oopses.append(rel)
+
+    def read(self, rel):
+        self._oops_check(rel)
         return super().read(rel)
+
+    def read_attribute(self, rel):
+        self._oops_check(rel)
+        return super().read_attribute(rel)
 
     def block_instance(self, index):
         # The fake kernel's inode numbers: kernfs's never repeat, while the
