@@ -23,6 +23,9 @@ FACTS = "facts.json"
 # How long a batch may wait for what the kernel adds after a block's add
 # uevent: its node link, and an ACPI DIMM's firmware_node links.
 LINK_WAIT = 2.0
+# How often a batch looks for balloon drivers again (they bind at boot,
+# often after memonlined's scan; a look costs a directory and /proc/vmstat).
+BALLOON_RECHECK = 10.0
 
 
 class Reread(NamedTuple):
@@ -48,6 +51,7 @@ class Blocks:
         self.machine: Optional[Machine] = None
         self.found: Optional[Discovery] = None
         self.layout_stale = True  # /proc/iomem must be read again before the next batch
+        self.balloons_at = 0.0  # when a batch reads the balloons again (discover() reads them too)
 
     def scan(self) -> List[int]:
         """Read everything. Returns the offline blocks that are ours to
@@ -58,6 +62,7 @@ class Blocks:
         present = self.backend.block_indexes()
         instances = {index: self.backend.block_instance(index) for index in present}
         self.found = discover(self.backend, self.facts)
+        self.balloons_at = time.monotonic() + BALLOON_RECHECK
         self.machine = self.found.machine
         self.layout_stale = False
         self.log_warnings()
@@ -141,7 +146,9 @@ class Blocks:
         for index in batch:
             self.refresh(index)
         self.found.size_dimms()
-        self.machine.balloons = read_balloons(self.backend)
+        if time.monotonic() >= self.balloons_at:  # a driver may bind after the scan
+            self.machine.balloons = read_balloons(self.backend)
+            self.balloons_at = time.monotonic() + BALLOON_RECHECK
         # A block whose node link is not there yet (the add uevent comes
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks).

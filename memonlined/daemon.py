@@ -458,11 +458,10 @@ class Daemon:
         journal fields too; the balloon warning when memory went Movable."""
         blocks = self.blocks.machine.blocks
         names = {blocks[i].group.name for i in indexes if i in blocks and blocks[i].group is not None}
-        for d in report.device_figures(self.blocks.machine):
-            if d.device in names:
-                log.info("%s", d.line(), extra={"MESSAGE_ID": FIGURES_MESSAGE_ID, "DEVICE": d.device,
-                                                 "MOVABLE_BYTES": d.movable, "KERNEL_BYTES": d.kernel,
-                                                 "OFFLINE_BYTES": d.offline, "REMOVABLE_BYTES": d.removable})
+        for d in report.device_figures(self.blocks.machine, names) if names else ():
+            log.info("%s", d.line(), extra={"MESSAGE_ID": FIGURES_MESSAGE_ID, "DEVICE": d.device,
+                                             "MOVABLE_BYTES": d.movable, "KERNEL_BYTES": d.kernel,
+                                             "OFFLINE_BYTES": d.offline, "REMOVABLE_BYTES": d.removable})
         if any(i in blocks and blocks[i].zone == MOVABLE for i in indexes):
             self._balloon_check()
 

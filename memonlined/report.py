@@ -55,7 +55,8 @@ class NodeFigures:
     unpluggable_now: Optional[int]
 
 
-def device_figures(machine: Machine) -> List[DeviceFigures]:
+def device_figures(machine: Machine, names=None) -> List[DeviceFigures]:
+    """Every device's figures, or those of NAMES."""
     bs, ps = machine.block_size, machine.page_size
     offline: Dict[str, int] = {}
     for block in machine.blocks.values():
@@ -63,6 +64,8 @@ def device_figures(machine: Machine) -> List[DeviceFigures]:
             offline[block.group.name] = offline.get(block.group.name, 0) + bs
     out = []
     for name, g in sorted(machine.groups.items()):
+        if names is not None and name not in names:
+            continue
         movable, kernel, off = g.movable_pages * ps, g.kernel_pages * ps, offline.get(name, 0)
         # A static device (DIMM, dax) goes as a whole: one kernel block keeps it all.
         removable = movable + off if g.dynamic or not kernel else 0
