@@ -195,28 +195,40 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
+def _nodes(machine: Machine, settings: Settings, devices, available: Optional[int]) -> List[dict]:
+    """Per node: the ratio's counters as they are (before the planner's
+    what-if) and what of its hot-plugged memory could be given back."""
+    mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
+    hotplugged = {n.node: n for n in report.node_figures(devices, available)}
+    nodes = []
+    for nid, n in sorted(machine.nodes.items()):
+        h = hotplugged.get(nid)
+        if h is None:  # no hot-plugged device on it
+            h = report.NodeFigures(nid, 0, 0, 0, 0, 0, None if available is None else 0)
+        nodes.append({"node": nid, "early_kernel_mib": mib(n.kernel_early), "movable_mib": mib(n.movable),
+                      "hotplugged_kernel_mib": mib(n.hotplugged_kernel), "ratio": settings.ratio,
+                      "numa_aware": settings.numa_aware,
+                      "movable_headroom_mib": mib(movable_headroom(machine, settings, nid)),
+                      "hotplugged_bytes": {"movable": h.movable, "kernel": h.kernel, "offline": h.offline},
+                      "removable_bytes": h.removable, "unpluggable_now_bytes": h.unpluggable_now})
+    return nodes
+
+
+def _balloon_line(machine: Machine, b) -> str:
+    inflated = "" if b.inflated_pages is None else f", {format_size(b.inflated_pages * machine.page_size)} inflated"
+    return f"{b.name}, pages {'migrate' if b.migrates else 'cannot migrate'}{inflated}"
+
+
 def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
     _auto_online_note(machine)
-    # The node summary is of the machine as it is, before the planner's what-if.
-    mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
-    nodes = [{"node": nid, "early_kernel_mib": mib(n.kernel_early), "movable_mib": mib(n.movable),
-              "hotplugged_kernel_mib": mib(n.hotplugged_kernel), "ratio": settings.ratio,
-              "numa_aware": settings.numa_aware,
-              "movable_headroom_mib": mib(movable_headroom(machine, settings, nid))}
-             for nid, n in sorted(machine.nodes.items())]
+    usage = memory_now(backend)
+    available = usage.get("memory_available")
+    devices = report.device_figures(machine)
+    nodes = _nodes(machine, settings, devices, available)
     # The planner's what-if runs on a copy: the table shows what is.
     choices = {d.block: d.zone for d in Planner(copy.deepcopy(machine), settings).plan()}
     ranges = _ranges(machine, choices)
-    usage = memory_now(backend)
-    devices = report.device_figures(machine)
-    available = usage.get("memory_available")
-    hotplugged = {n.node: n for n in report.node_figures(devices, available)}
-    for n in nodes:
-        h = hotplugged.get(n["node"])
-        if h is None:  # no hot-plugged device on it
-            h = report.NodeFigures(n["node"], 0, 0, 0, 0, 0, None if available is None else 0)
-        n.update(hotplugged_bytes={"movable": h.movable, "kernel": h.kernel, "offline": h.offline},
-                 removable_bytes=h.removable, unpluggable_now_bytes=h.unpluggable_now)
+    now = report.unpluggable_now(devices, available)
     balloon = report.balloon_warning(machine)
     if balloon:
         log.warning("%s", balloon)
@@ -226,11 +238,31 @@ def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: 
                                        "movable_bytes": d.movable, "kernel_bytes": d.kernel,
                                        "offline_bytes": d.offline, "removable_bytes": d.removable}
                                       for d in devices],
-                          "unpluggable_now_bytes": report.unpluggable_now(devices, available),
-                          "balloons": report.balloons_json(machine),
+                          "unpluggable_now_bytes": now, "balloons": report.balloons_json(machine),
                           "auto_online_blocks": machine.auto_online_blocks,
                           "kernel_params": machine.kernel_params}, indent=1))
         return EXIT_OK
+    _print_table(ranges)
+    print(f"Memory block size: {format_size(machine.block_size)}; "
+          f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
+          f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
+    if usage:
+        print(f"Memory: total {format_size(usage['memory_total'])}, available {format_size(available)}")
+    for n in nodes:
+        print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
+              f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "
+              f"more Movable")
+    for d in devices:
+        print(f"Device {d.line()}")
+    if devices and now is not None:
+        print(f"Could be given back now: {format_size(now)} of {format_size(sum(d.removable for d in devices))} "
+              f"removable (MemAvailable {format_size(available)}; an estimate: see memonlined(8))")
+    for b in machine.balloons:
+        print(f"Balloon {_balloon_line(machine, b)}")
+    return EXIT_OK
+
+
+def _print_table(ranges: List[dict]) -> None:
     header = ("RANGE", "SIZE", "STATE", "BLOCK", "ZONE", "NODE", "DEVICE", "WOULD GET")
     rows = [(r["range"], r["size"], r["state"], r["block"], r["zones"] or "-", str(r["node"]),
              r["device"], r["choice"] or "") for r in ranges]
@@ -238,27 +270,6 @@ def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: 
     for row in [header] + rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     print()
-    print(f"Memory block size: {format_size(machine.block_size)}; "
-          f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
-          f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
-    if usage:
-        print(f"Memory: total {format_size(usage['memory_total'])}, "
-              f"available {format_size(usage['memory_available'])}")
-    for n in nodes:
-        print(f"Node {n['node']}: early kernel {n['early_kernel_mib']}M, movable {n['movable_mib']}M, "
-              f"hot-plugged kernel {n['hotplugged_kernel_mib']}M, could take {n['movable_headroom_mib']}M "
-              f"more Movable")
-    for d in devices:
-        print(f"Device {d.line()}")
-    now = report.unpluggable_now(devices, available)
-    if devices and now is not None:
-        print(f"Could be given back now: {format_size(now)} of {format_size(sum(d.removable for d in devices))} "
-              f"removable (MemAvailable {format_size(available)}; an estimate: see memonlined(8))")
-    for b in machine.balloons:
-        print(f"Balloon {b.name}: pages {'migrate' if b.migrates else 'cannot migrate'}"
-              + (f", {format_size(b.inflated_pages * machine.page_size)} inflated" if b.inflated_pages is not None
-                 else ""))
-    return EXIT_OK
 
 
 def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool) -> int:
@@ -355,9 +366,7 @@ def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, conf
               f"kernel {format_size(group.kernel_pages * machine.page_size)}, "
               f"movable {format_size(group.movable_pages * machine.page_size)}")
     for b in machine.balloons:
-        print(f"balloon: {b.name}, pages {'migrate' if b.migrates else 'cannot migrate'}"
-              + (f", {format_size(b.inflated_pages * machine.page_size)} inflated" if b.inflated_pages is not None
-                 else ""))
+        print(f"balloon: {_balloon_line(machine, b)}")
     if not machine.balloons:
         print("no balloon driver is bound")
     balloon = report.balloon_warning(machine)
