@@ -33,6 +33,8 @@ VMSTAT = "proc/vmstat"
 HV_BALLOON_DRIVER = "sys/bus/vmbus/drivers/hv_balloon"
 XEN_BALLOON = "sys/devices/system/xen_memory/xen_memory0"
 VMW_BALLOON = "sys/module/vmw_balloon"
+# 7.3's dax devices have a state file that onlines a whole dax/kmem device.
+DAX_DEVICES = "sys/bus/dax/devices"
 AUTO_ONLINE = f"{MEMORY}/auto_online_blocks"
 # The kernel settings memonlined may write (kernel mode and the auto-online take-over).
 SETTINGS = (AUTO_ONLINE, f"{PARAMETERS}/online_policy", f"{PARAMETERS}/auto_movable_ratio",

@@ -10,9 +10,10 @@ import os
 import stat
 from typing import Iterator
 
-from .backend import (ACPI_DEVICES, AUTO_ONLINE, BLOCK_FILES, BOOT_ID, BOOT_PARAMS, Backend,
-                      FIRMWARE_MEMMAP, IOMEM, KMSG, MEMINFO, MEMORY, NODE, OSRELEASE, PARAMETERS,
-                      SETUP_DATA, ZONEINFO, block_dir, numbered)
+from .backend import (ACPI_DEVICES, AUTO_ONLINE, BLOCK_FILES, BOOT_ID, BOOT_PARAMS, DAX_DEVICES, Backend,
+                      FIRMWARE_MEMMAP, HV_BALLOON_DRIVER, IOMEM, KMSG, MEMINFO, MEMORY, NODE, OSRELEASE,
+                      PARAMETERS, SETUP_DATA, VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, VMSTAT, VMW_BALLOON,
+                      XEN_BALLOON, ZONEINFO, block_dir, numbered)
 from .conflicts import DAXCTL_CONF_DIR, RULES_DIRS
 
 
@@ -50,6 +51,19 @@ def capture_paths(backend: Backend) -> Iterator[str]:
     for entry in backend.listdir(FIRMWARE_MEMMAP):
         for name in ("start", "end", "type"):
             yield f"{FIRMWARE_MEMMAP}/{entry}/{name}"
+    # The virtio devices (virtio-mem's driver wait, virtio_balloon), the other
+    # balloons, 7.3's dax state files.
+    for name in backend.listdir(VIRTIO_DEVICES):
+        yield f"{VIRTIO_DEVICES}/{name}/device"
+        yield f"{VIRTIO_DEVICES}/{name}/driver"
+    yield f"{VIRTIO_MEM_DRIVER}/module"
+    yield VMSTAT
+    for name in backend.listdir(HV_BALLOON_DRIVER):
+        yield f"{HV_BALLOON_DRIVER}/{name}"
+    yield f"{XEN_BALLOON}/target_kb"
+    yield f"{VMW_BALLOON}/initstate"
+    for name in backend.listdir(DAX_DEVICES):
+        yield f"{DAX_DEVICES}/{name}/state"
     # What doctor reads: the udev rules in effect and daxctl's configuration.
     for d in RULES_DIRS:
         for name in sorted(backend.listdir(d)):

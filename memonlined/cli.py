@@ -15,13 +15,13 @@ import sys
 from typing import List, Optional
 
 from . import __version__
-from .backend import Backend, PARAMETERS
+from .backend import DAX_DEVICES, Backend, PARAMETERS
 from . import config
 from .capture import CaptureError, capture
 from .config import resolve_mode
 from .conflicts import BOOT_OFFLINE_ADVICE, KERNEL_ONLINES, RuleConflict, find_conflicts
 from .discover import SystemDataError, discover, memory_now
-from .model import Machine
+from .model import DAX, Machine
 from .parse import format_size
 from .planner import Planner
 from .policy import Settings, movable_headroom
@@ -214,6 +214,19 @@ def _nodes(machine: Machine, settings: Settings, devices, available: Optional[in
     return nodes
 
 
+def _dax_state(backend: Backend, group) -> str:
+    """7.3's dax state file, which onlines a whole dax/kmem device in one
+    write: memonlined does not use it, and takes what it onlined for
+    memory onlined by someone else."""
+    if group.kind != DAX:
+        return ""
+    try:
+        state = backend.read(f"{DAX_DEVICES}/{group.name}/state").strip()
+    except OSError:
+        return ""
+    return f"; dax state file: {state} (a write to it onlines the whole device, memonlined leaves it be)"
+
+
 def _balloon_line(machine: Machine, b) -> str:
     inflated = "" if b.inflated_pages is None else f", {format_size(b.inflated_pages * machine.page_size)} inflated"
     return f"{b.name}, pages {'migrate' if b.migrates else 'cannot migrate'}{inflated}"
@@ -364,7 +377,7 @@ def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, conf
                 else f"size {format_size(group.max_pages * machine.page_size)}")
         print(f"device {name}: {group.kind}, node {group.node}, {size}, {len(blocks)} blocks, "
               f"kernel {format_size(group.kernel_pages * machine.page_size)}, "
-              f"movable {format_size(group.movable_pages * machine.page_size)}")
+              f"movable {format_size(group.movable_pages * machine.page_size)}" + _dax_state(backend, group))
     for b in machine.balloons:
         print(f"balloon: {_balloon_line(machine, b)}")
     if not machine.balloons:

@@ -195,3 +195,36 @@ def test_metrics_file_must_be_absolute(tmp_path, caplog):
     rc, _ = memonlined(FakeKernel(tmp_path), "--metrics-file", "memonlined.prom", "status")
     assert rc != 0
     assert "--metrics-file: invalid value 'memonlined.prom': expected off or an absolute path" in caplog.text
+
+
+@pytest.mark.parametrize("driver", ["virtio_balloon", "hv_balloon", "xen_balloon", "vmw_balloon"])
+def test_a_capture_records_the_balloons_and_doctor_says_the_same(tmp_path, driver):
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    kernel.add_virtio_mem(GiB)
+    kernel.add_balloon(driver, compaction=False, inflated_pages=2048)
+    if driver == "xen_balloon":  # what capture records of it
+        open(os.path.join(kernel.root, "sys/devices/system/xen_memory/xen_memory0/target_kb"), "w").write("0\n")
+    if driver == "vmw_balloon":
+        open(os.path.join(kernel.root, "sys/module/vmw_balloon/initstate"), "w").write("live\n")
+    out = str(tmp_path / "capture")
+    assert memonlined(kernel, "capture", out)[0] == 0
+    captured = read_balloons(Backend(out))
+    assert captured == read_balloons(Backend(kernel.root)) and len(captured) == 1
+    doctor = memonlined(kernel, "doctor")[1]
+    assert memonlined(out, "doctor")[1] == doctor and "balloon: " in doctor
+
+
+def test_doctor_names_the_dax_state_file_of_7_3_and_a_capture_keeps_it(tmp_path):
+    """7.3's /sys/bus/dax/devices/daxX.Y/state (seen reading "offline" in a
+    7.3.4 guest after `daxctl reconfigure-device --no-online`)."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    dax = kernel.add_dax_kmem(GiB)
+    assert "dax state file" not in memonlined(kernel, "doctor")[1]   # before 7.3: no such file
+    d = os.path.join(kernel.root, "sys/bus/dax/devices", dax)
+    os.makedirs(d)
+    open(os.path.join(d, "state"), "w").write("offline\n")
+    doctor = memonlined(kernel, "doctor")[1]
+    assert f"device {dax}: dax" in doctor and "; dax state file: offline (a write to it onlines" in doctor
+    out = str(tmp_path / "capture")
+    assert memonlined(kernel, "capture", out)[0] == 0
+    assert memonlined(out, "doctor")[1] == doctor
