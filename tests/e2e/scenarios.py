@@ -631,6 +631,9 @@ def dax_kmem(suite, mode, sizes=(1 * GiB, 4 * GiB, 2 * GiB), ratio=100):
                  f"nvdimm.uuid = {uuid}\\nmode = system-ram\\n' > {DAXCTL_CONF} && "
                  f"echo '{DAXCTL_RULE_TEXT}' > {DAXCTL_RULE}")
             res["doctor with daxctl.conf"] = g.sh("/run/mo doctor").stdout
+            # 7.3's dax state files, as the kernel shows them (none before 7.3)
+            res["dax states"] = g.sh("for f in /sys/bus/dax/devices/*/state; do [ -e $f ] && "
+                                     "echo $(basename $(dirname $f)) $(cat $f); done; true").stdout
             r = g.sh(f"daxctl reconfigure-device --check-config {dax} 2>&1", check=False)
             res["race rc"], res["race daxctl"] = r.returncode, r.stdout
             res["after the race"] = wait_layout(g, all_online(base_blocks(g)), f"{dax} online")

@@ -225,6 +225,13 @@ def test_dax_kmem_devices_and_a_race_with_daxctl(suite, oracles):
     assert f"conflict: {S.DAXCTL_CONF}:1 [reconfigure-device nv2]" in mine["doctor with daxctl.conf"], \
         mine["doctor with daxctl.conf"]
     assert mine["race rc"] == 0 and '"mode":"system-ram"' in mine["race daxctl"], mine["race daxctl"]
+    # 7.3's dax state file of each system-RAM device, named by doctor as the kernel shows it
+    doctor = mine["doctor with daxctl.conf"]
+    states = dict(line.split() for line in mine["dax states"].splitlines())
+    listed = {dax: state for dax, state in states.items() if f"device {dax}: dax" in doctor}
+    assert len(listed) >= 2 or not states, (states, doctor)        # the two system-RAM devices
+    for dax, state in listed.items():
+        assert re.search(rf"device {re.escape(dax)}: dax.*; dax state file: {state} \(", doctor), doctor
     race = mine["after the race"]
     assert len(race) > len(mine["after NVDIMM 1"]) and None not in race.values(), S.summary(race)
     unaccounted = [n for n in race if n not in mine["after NVDIMM 1"] and not re.search(
