@@ -105,7 +105,7 @@ class Backend:
     def listdir(self, rel: str) -> List[str]:
         try:
             return os.listdir(self.path(rel))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
 
     def exists(self, rel: str) -> bool:

@@ -134,8 +134,9 @@ class Blocks:
             self.machine.drop_group(group.name)
             self.found.forget_device(group.name)
 
-    def reread(self, seen: Dict[int, float]) -> Reread:
-        """Read the blocks of a batch again (SEEN: block -> when its add came)."""
+    def reread(self, seen: Dict[int, float], balloons: bool = False) -> Reread:
+        """Read the blocks of a batch again (SEEN: block -> when its add came);
+        BALLOONS: the balloons too, however recently they were read."""
         batch = sorted(seen)
         # New devices bring new iomem resources; more blocks of a virtio-mem or
         # dax device already known do not (a growing virtio-mem device adds a
@@ -146,9 +147,8 @@ class Blocks:
         for index in batch:
             self.refresh(index)
         self.found.size_dimms()
-        if time.monotonic() >= self.balloons_at:  # a driver may bind after the scan
-            self.machine.balloons = read_balloons(self.backend)
-            self.balloons_at = time.monotonic() + BALLOON_RECHECK
+        if balloons or time.monotonic() >= self.balloons_at:  # a driver may bind after the scan
+            self.refresh_balloons()
         # A block whose node link is not there yet (the add uevent comes
         # before it), or a DIMM still being added (its firmware_node links
         # come after all its blocks).
@@ -161,6 +161,10 @@ class Blocks:
         else:
             self.log_warnings()
         return Reread(wait, no_node)
+
+    def refresh_balloons(self) -> None:
+        self.machine.balloons = read_balloons(self.backend)
+        self.balloons_at = time.monotonic() + BALLOON_RECHECK
 
     def log_warnings(self) -> None:
         for warning in self.machine.warnings:

@@ -201,8 +201,8 @@ def _nodes(machine: Machine, settings: Settings, devices, available: Optional[in
     mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
     hotplugged = {n.node: n for n in report.node_figures(devices, available)}
     nodes = []
-    for nid, n in sorted(machine.nodes.items()):
-        h = hotplugged.get(nid)
+    for nid in sorted(set(machine.nodes) | set(hotplugged), key=lambda k: (k is None, k or 0)):
+        n, h = machine.node(nid), hotplugged.get(nid)
         if h is None:  # no hot-plugged device on it
             h = report.NodeFigures(nid, 0, 0, 0, 0, 0, None if available is None else 0)
         nodes.append({"node": nid, "early_kernel_mib": mib(n.kernel_early), "movable_mib": mib(n.movable),
@@ -229,7 +229,9 @@ def _dax_state(backend: Backend, group) -> str:
 
 def _balloon_line(machine: Machine, b) -> str:
     inflated = "" if b.inflated_pages is None else f", {format_size(b.inflated_pages * machine.page_size)} inflated"
-    return f"{b.name}, pages {'migrate' if b.migrates else 'cannot migrate'}{inflated}"
+    migrates = {True: "migrate", False: "cannot migrate", None: "may migrate or not (no balloon counters in "
+                "/proc/vmstat)"}[b.migrates]
+    return f"{b.name}, pages {migrates}{inflated}"
 
 
 def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
@@ -384,7 +386,9 @@ def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, conf
         print("no balloon driver is bound")
     balloon = report.balloon_warning(machine)
     if balloon:
-        print(f"warning: {balloon} (unmovable_balloon = {settings.unmovable_balloon})")
+        print(f"warning: {balloon} (unmovable_balloon = {settings.unmovable_balloon}"
+              + ("; no effect in kernel mode" if mode == "kernel" and settings.unmovable_balloon == "kernel" else "")
+              + ")")
     conflicts = find_conflicts(backend)
     for conflict in conflicts:
         print("conflict: " + conflict.advice())

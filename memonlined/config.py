@@ -91,7 +91,7 @@ KEYS: Dict[str, Key] = {
                             "per node: hot-plugged memory goes to a kernel zone until the node has this much "
                             "hot-plugged kernel memory"),
     "unmovable_balloon": Key("policy", _choice("warn", "kernel"), "warn|kernel",
-                             "while a balloon whose pages cannot migrate is active (hv_balloon, Xen's, or "
+                             "while a balloon driver whose pages cannot migrate is bound (hv_balloon, Xen's, or "
                              "without balloon compaction): warn only, or hot-plugged memory to kernel zones"),
     "mode": Key("daemon", _choice(*MODES), "|".join(MODES),
                 "userspace: memonlined decides and writes; kernel: configure the kernel's own policy "

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 # device unbound before its probe is taken for failed).
 DRIVER_WAIT = 10.0
 DRIVER_SETTLE = 1.0
+# How often the metrics file is brought up to date with what changes
+# without a uevent (MemAvailable, balloons).
+METRICS_REFRESH = 10.0
 # [daemon] keys a reload cannot apply to a running daemon.
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
@@ -263,6 +266,7 @@ class Daemon:
         self.watchdog = Watchdog(self.notifier)
         self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
         self.metrics = MetricsFile(None if dry_run else _metrics_path(settings))
+        self.metrics_at: Optional[float] = None  # the next refresh of what changes without uevents
         self.balloon_said: Optional[str] = None  # the balloon last warned about
         self.ready = False
         self.rescan_at: Optional[float] = None  # a failed rescan is tried again
@@ -327,8 +331,8 @@ class Daemon:
             while not self.signals.stopping:
                 now = time.monotonic()
                 self.watchdog.ping(now)
-                deadlines = [t for t in (self.pending.deadline, self.rescan_at, self.watchdog.due_at())
-                             if t is not None]
+                deadlines = [t for t in (self.pending.deadline, self.rescan_at, self.watchdog.due_at(),
+                                         self.metrics_at) if t is not None]
                 for key, _ in selector.select(max(0.0, min(deadlines) - now) if deadlines else None):
                     key.data()  # drain the uevents, or the signal socket
                 if self.signals.reload_wanted:
@@ -339,6 +343,8 @@ class Daemon:
                     self.process_batch()
                 if self.blocks.handled.dirty:  # blocks seen online through uevents: a restart must know them
                     self.blocks.save()
+                if self.metrics_at is not None and time.monotonic() >= self.metrics_at:
+                    self.blocks.refresh_balloons()  # MemAvailable and balloons change without uevents
                 self._update_metrics()
 
     # -- uevents --------------------------------------------------------------
@@ -395,7 +401,8 @@ class Daemon:
 
     def process_batch(self) -> None:
         seen = self.pending.take()
-        reread = self.blocks.reread(seen)
+        # Before READY=1 balloon drivers are binding: each batch looks again.
+        reread = self.blocks.reread(seen, balloons=not self.ready)
         now = time.monotonic()
         if reread.wait:  # read the batch again a little later
             self.pending.put_back(seen, max(self.pending.settle, 0.005), now)
@@ -473,8 +480,13 @@ class Daemon:
         self.balloon_said = balloon.name if balloon is not None else None
 
     def _update_metrics(self, running: bool = True) -> None:
+        """The metrics file, when configured; refreshed every METRICS_REFRESH
+        too (a wake-up only with a metrics file)."""
+        if self.metrics.path is None:
+            return
         self.metrics.update(lambda: render(self.blocks.machine, self.counts,
                                            memory_now(self.backend).get("memory_available"), running))
+        self.metrics_at = time.monotonic() + METRICS_REFRESH if running else None
 
     # -- configuration ----------------------------------------------------------
 
@@ -491,7 +503,8 @@ class Daemon:
         later = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
         self.pending.settle = new.settle_ms / 1000
         if _metrics_path(new) != self.metrics.path and not self.writer.dry_run:
-            self.metrics = MetricsFile(_metrics_path(new))
+            self._update_metrics(running=False)  # the old file says memonlined no longer writes it
+            self.metrics, self.metrics_at = MetricsFile(_metrics_path(new)), None
         if self.kernel_mode:
             self._configure_kernel()
         log.info("configuration reloaded%s", f"; {', '.join(later)}: in force from the next start" if later else "")

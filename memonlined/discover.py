@@ -333,20 +333,33 @@ def read_balloons(backend: Backend) -> List[Balloon]:
     """The balloon drivers bound now. Whether balloon pages migrate is
     /proc/vmstat's balloon_migrate, there exactly when the kernel has balloon
     compaction (CONFIG_BALLOON_COMPACTION, BALLOON_MIGRATION in 7.x), which
-    virtio_balloon and vmw_balloon use; hv_balloon and Xen's balloon take
-    GFP_HIGHUSER pages, which never migrate. balloon_inflate minus
-    balloon_deflate counts the pages of the drivers using it."""
+    virtio_balloon uses; without balloon counters at all (no vmstat, or no
+    VM event counters) it is unknown. hv_balloon and Xen's balloon take
+    GFP_HIGHUSER pages, and vmw_balloon its 2 MiB pages without
+    __GFP_MOVABLE: never migrating. balloon_inflate minus balloon_deflate
+    counts the pages of the drivers using balloon compaction's lists. A tree
+    that is not what sysfs looks like gives a warning and no balloons: this
+    is never worth a start-up."""
+    try:
+        return _read_balloons(backend)
+    except OSError as e:
+        log.warning("%s: cannot read: %s; taking it that no balloon driver is bound",
+                    e.filename or "a balloon driver's directory", e.strerror)
+        return []
+
+
+def _read_balloons(backend: Backend) -> List[Balloon]:
     try:
         vmstat = parse_vmstat(backend.read(VMSTAT))
     except (OSError, ParseError):
         vmstat = {}
-    migrates = "balloon_migrate" in vmstat
-    inflated = (vmstat["balloon_inflate"] - vmstat["balloon_deflate"]
-                if "balloon_inflate" in vmstat and "balloon_deflate" in vmstat else None)
+    counted = "balloon_inflate" in vmstat and "balloon_deflate" in vmstat
+    migrates = ("balloon_migrate" in vmstat) if counted else None
+    inflated = vmstat["balloon_inflate"] - vmstat["balloon_deflate"] if counted else None
     balloons = [Balloon("virtio_balloon", name, migrates, inflated)
                 for name in _virtio_devices(backend, VIRTIO_ID_BALLOON, bound=True)]
     if backend.exists(VMW_BALLOON):
-        balloons.append(Balloon("vmw_balloon", "-", migrates, inflated))
+        balloons.append(Balloon("vmw_balloon", "-", False, inflated))
     for name in backend.listdir(HV_BALLOON_DRIVER):
         if name != "module" and backend.readlink(f"{HV_BALLOON_DRIVER}/{name}") is not None:
             balloons.append(Balloon("hv_balloon", name, False, None))

@@ -59,7 +59,8 @@ def render(machine: Machine, counts, available: Optional[int], running: bool = T
               for n in nodes for state, value in (("movable", n.movable), ("kernel", n.kernel),
                                                   ("offline", n.offline))])
     t.family("memonlined_node_unpluggable_now_bytes", "gauge",
-             "An estimate of what could be unplugged from a node now (removable, within MemAvailable).",
+             "An estimate of what could be unplugged from a node now (removable, within the system's "
+             "MemAvailable: do not add nodes up).",
              [({"node": node(n.node)}, n.unpluggable_now) for n in nodes])
     t.family("memonlined_unpluggable_now_bytes", "gauge",
              "An estimate of what could be unplugged from the whole system now.",
@@ -72,7 +73,8 @@ def render(machine: Machine, counts, available: Optional[int], running: bool = T
     t.family("memonlined_conflicts_total", "counter", "Blocks found onlined by someone else since start.",
              [({}, counts["conflicts"])])
     t.family("memonlined_balloon_info", "gauge", "A bound balloon driver; migrates: whether its pages can move.",
-             [({"driver": b.driver, "device": b.device, "migrates": "yes" if b.migrates else "no"}, 1)
+             [({"driver": b.driver, "device": b.device,
+                "migrates": {True: "yes", False: "no", None: "unknown"}[b.migrates]}, 1)
               for b in machine.balloons])
     t.family("memonlined_balloon_inflated_bytes", "gauge", "Memory in a balloon, where /proc/vmstat counts it.",
              [({"driver": b.driver, "device": b.device},

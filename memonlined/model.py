@@ -89,7 +89,7 @@ class Balloon:
     put in ZONE_MOVABLE is no use to it, and it starves the kernel zones."""
     driver: str                    # virtio_balloon, vmw_balloon, hv_balloon, xen_balloon
     device: str                    # virtio3, a VMBus device, xen_memory0; "-" for vmw_balloon
-    migrates: bool                 # balloon compaction: its pages are movable and may come from ZONE_MOVABLE
+    migrates: Optional[bool]       # its pages are movable (may come from ZONE_MOVABLE); None: unknown
     inflated_pages: Optional[int]  # pages in the balloon now, where /proc/vmstat counts them
 
     @property
@@ -147,8 +147,8 @@ class Machine:
         return self._dynamic[node]
 
     def unmovable_balloon(self) -> Optional[Balloon]:
-        """The first active balloon whose pages cannot migrate, if any."""
-        return next((b for b in self.balloons if not b.migrates), None)
+        """The first bound balloon whose pages are known not to migrate, if any."""
+        return next((b for b in self.balloons if b.migrates is False), None)
 
     @property
     def block_pages(self) -> int:

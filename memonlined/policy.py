@@ -25,7 +25,7 @@ class Settings:
     numa_aware: bool = True          # auto_movable_numa_aware
     kernel_floor_mib: int = 0        # per node: hot-plugged kernel memory to reach before anything goes Movable
     overrides: Dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
-    unmovable_balloon: str = "warn"  # or "kernel": no Movable while a balloon that cannot migrate is active
+    unmovable_balloon: str = "warn"  # or "kernel": no Movable while a balloon that cannot migrate is bound
 
     def needs_userspace(self) -> bool:
         """Does this configuration ask for something the kernel's policy cannot do?"""
@@ -154,7 +154,7 @@ def zone_for_block(machine: Machine, block: Block, settings: Settings) -> Decisi
     policy, source = zone_policy_for(settings, block)
     balloon = machine.unmovable_balloon() if source == "policy" and settings.unmovable_balloon == "kernel" else None
     if balloon is not None:
-        return decide(False, f"{balloon.name} is active and its pages cannot migrate: kernel zone "
+        return decide(False, f"{balloon.name} is bound and its pages cannot migrate: kernel zone "
                              "(unmovable_balloon = kernel)")
     if source == "policy" and settings.kernel_floor_mib:
         floor = settings.kernel_floor_mib * (1 << 20) // ps

@@ -13,7 +13,10 @@ watermarks). Offline blocks cost nothing to give back. Only ZONE_MOVABLE is
 counted: memory in kernel zones holds unmovable allocations at any time
 (virtio-mem may still get some free kernel-zone memory back, never
 promised). A DIMM or a dax device goes as a whole: any block in a kernel
-zone keeps all of it. What the estimate cannot see: pages pinned for a long
+zone keeps all of it. Blocks are counted whole: a virtio-mem block only
+partly plugged (SBM) counts as all removable. Per node, each figure is
+bounded by the whole system's MemAvailable: do not add nodes up (the
+system's own figure is unpluggable_now()). What the estimate cannot see: pages pinned for a long
 time or under I/O, which make offlining retry or fail; memory the kernel
 cannot reclaim in time; and the hypervisor, which decides how much of a
 virtio-mem request it asks back.
@@ -107,11 +110,13 @@ def balloon_warning(machine: Machine) -> Optional[str]:
     ps = machine.page_size
     movable = sum(n.movable for n in machine.nodes.values()) * ps
     kernel = sum(n.kernel_early + n.hotplugged_kernel for n in machine.nodes.values()) * ps
-    why = ("Xen's and Hyper-V's balloons take GFP_HIGHUSER pages" if balloon.driver in ("hv_balloon", "xen_balloon")
-           else "this kernel has no balloon compaction (no balloon_migrate in /proc/vmstat)")
-    return (f"{balloon.name} is active and its pages cannot migrate ({why}): it inflates from kernel zones "
+    why = {"hv_balloon": "Hyper-V's balloon takes GFP_HIGHUSER pages",
+           "xen_balloon": "Xen's balloon takes GFP_HIGHUSER pages",
+           "vmw_balloon": "its 2 MiB pages are not movable"}.get(
+        balloon.driver, "this kernel has no balloon compaction (no balloon_migrate in /proc/vmstat)")
+    return (f"{balloon.name} is bound and its pages cannot migrate ({why}): it inflates from kernel zones "
             f"only ({format_size(kernel)}), not from ZONE_MOVABLE ({format_size(movable)}); "
-            "unmovable_balloon = kernel puts hot-plugged memory in kernel zones while it is active")
+            "unmovable_balloon = kernel puts hot-plugged memory in kernel zones while it is bound")
 
 
 def balloons_json(machine: Machine) -> List[dict]:

@@ -21,7 +21,7 @@ BLOCK = 128 * MiB
 
 
 @pytest.mark.parametrize("driver, compaction, migrates", [
-    ("virtio_balloon", True, True), ("virtio_balloon", False, False), ("vmw_balloon", True, True),
+    ("virtio_balloon", True, True), ("virtio_balloon", False, False), ("vmw_balloon", True, False),
     ("hv_balloon", True, False), ("xen_balloon", True, False)])
 def test_balloons_as_sysfs_shows_them(tmp_path, driver, compaction, migrates):
     kernel = FakeKernel(tmp_path)
@@ -52,7 +52,7 @@ def test_unmovable_balloon_kernel_keeps_hotplugged_memory_out_of_movable(tmp_pat
     assert rc == 0
     assert set(layout_of(kernel, first)) == set(layout_of(kernel, second)) == {"Normal"}
     assert set(layout_of(kernel, third)) == {"Movable"}          # a device override still wins
-    assert "hv_balloon (1eccfd72-4b41-45ef-b73a-4a6e44c12924) is active and its pages cannot migrate" in out
+    assert "hv_balloon (1eccfd72-4b41-45ef-b73a-4a6e44c12924) is bound and its pages cannot migrate" in out
     assert out.count("(unmovable_balloon = kernel)") == 16       # the reason of each kernel decision
 
 
@@ -228,3 +228,68 @@ def test_doctor_names_the_dax_state_file_of_7_3_and_a_capture_keeps_it(tmp_path)
     out = str(tmp_path / "capture")
     assert memonlined(kernel, "capture", out)[0] == 0
     assert memonlined(out, "doctor")[1] == doctor
+
+
+def test_without_balloon_counters_whether_pages_migrate_is_unknown_and_changes_nothing(tmp_path):
+    """No /proc/vmstat balloon counters (CONFIG_VM_EVENT_COUNTERS=n): a
+    virtio_balloon is neither taken for migrating nor for not migrating."""
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    name = kernel.add_balloon("virtio_balloon")
+    os.unlink(os.path.join(kernel.root, "proc/vmstat"))
+    (balloon,) = read_balloons(Backend(kernel.root))
+    assert (balloon.device, balloon.migrates, balloon.inflated_pages) == (name, None, None)
+    dimm = kernel.add_dimm(GiB)
+    assert memonlined(kernel, "--unmovable-balloon", "kernel", "online")[0] == 0
+    assert set(layout_of(kernel, dimm)) == {"Movable"}
+    assert "pages may migrate or not" in memonlined(kernel, "doctor")[1]
+
+
+def test_a_tree_that_is_not_what_sysfs_looks_like_gives_no_balloon_and_no_traceback(tmp_path, caplog):
+    kernel = FakeKernel(tmp_path, policy="contig-zones")
+    os.makedirs(os.path.join(kernel.root, "sys/bus/vmbus/drivers"))
+    open(os.path.join(kernel.root, "sys/bus/vmbus/drivers/hv_balloon"), "w").close()   # a file
+    os.makedirs(os.path.join(kernel.root, "sys/bus/virtio/devices/virtio9"))
+    os.mkdir(os.path.join(kernel.root, "sys/bus/virtio/devices/virtio9/device"))       # a directory
+    dimm = kernel.add_dimm(GiB)
+    assert read_balloons(Backend(kernel.root)) == []
+    assert memonlined(kernel, "online")[0] == 0
+    assert set(layout_of(kernel, dimm)) == {"Movable"}
+
+
+def test_a_static_device_with_kernel_and_offline_blocks_gives_nothing_back_and_nodes_are_bounded_alone(tmp_path):
+    """Two nodes, each with a virtio-mem device: each node's figure is bounded
+    by the system's MemAvailable on its own; the system's by it once."""
+    kernel = FakeKernel(tmp_path, policy="contig-zones",
+                        boot_ram={0: [(0, 2 * GiB), (4 * GiB, 2 * GiB)], 1: [(8 * GiB, 4 * GiB)]})
+    vms = [kernel.add_virtio_mem(4 * GiB, node=n) for n in (0, 1)]
+    for vm in vms:
+        kernel.virtio_mem_plug(vm, GiB)
+    dimm = kernel.add_dimm(GiB, node=1)
+    assert memonlined(kernel, "--override", f"{dimm}=kernel", "--override", "virtio-mem=movable", "online")[0] == 0
+    kernel.write_state(max(kernel.devices[dimm].blocks), "offline")   # the DIMM: kernel and offline blocks
+    set_available(kernel, 768 * MiB)
+    status = json.loads(memonlined(kernel, "status", "--json")[1])
+    devices = {d["device"]: d for d in status["devices"]}
+    assert (devices[dimm]["kernel_bytes"], devices[dimm]["offline_bytes"], devices[dimm]["removable_bytes"]) == \
+        (GiB - BLOCK, BLOCK, 0)
+    nodes = {n["node"]: n for n in status["nodes"]}
+    assert [nodes[n]["removable_bytes"] for n in (0, 1)] == [GiB, GiB]
+    assert [nodes[n]["unpluggable_now_bytes"] for n in (0, 1)] == [768 * MiB, 768 * MiB]
+    assert status["unpluggable_now_bytes"] == 768 * MiB
+
+
+def test_the_metrics_file_follows_memavailable_and_a_late_balloon_without_uevents(tmp_path, monkeypatch):
+    import memonlined.daemon as daemon_module
+    monkeypatch.setattr(daemon_module, "METRICS_REFRESH", 0.1)
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    path = str(tmp_path / "memonlined.prom")
+    run = Run(kernel, tmp_path / "state", settings=Config(settle_ms=10, metrics_file=path))
+
+    def script(run):
+        set_available(kernel, 300 * MiB)
+        wait_for(lambda: metrics(path).get(("memonlined_memory_available_bytes", ())) == 300 * MiB)
+        name = kernel.add_balloon("virtio_balloon", inflated_pages=512)   # bound after the start
+        wait_for(lambda: metrics(path).get(("memonlined_balloon_inflated_bytes",
+                                             (("device", name), ("driver", "virtio_balloon")))) == 2 * MiB)
+
+    assert run(script) == 0
