@@ -22,14 +22,13 @@ from .blocks import LINK_WAIT, Blocks
 from .conflicts import BOOT_OFFLINE_ADVICE
 from .config import Config
 from .discover import SystemDataError, memory_now, read_kernel_params, unbound_virtio_mem, virtio_mem_driver
-from .metrics import MetricsFile, render
+from .metrics import Reporter
 from .notify import Systemd, Watchdog
 from .model import format_runs
-from .parse import MOVABLE, format_size
+from .parse import format_size
 from .planner import Planner
 from .state import AUTO_ONLINE_VALUES, TAKE_OVER, StateDir
-from .writer import (ALREADY_ONLINE, FAILED, FIGURES_MESSAGE_ID, Writer, configure_kernel, online_blocks,
-                     online_by_kernel)
+from .writer import ALREADY_ONLINE, FAILED, Writer, configure_kernel, online_blocks, online_by_kernel
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +38,6 @@ log = logging.getLogger(__name__)
 # device unbound before its probe is taken for failed).
 DRIVER_WAIT = 10.0
 DRIVER_SETTLE = 1.0
-# How often the metrics file is brought up to date with what changes
-# without a uevent (MemAvailable, balloons).
-METRICS_REFRESH = 10.0
 # [daemon] keys a reload cannot apply to a running daemon.
 RESTART_KEYS = ("mode", "event_source", "receive_buffer_mib", "take_over_auto_online")
 
@@ -265,9 +261,7 @@ class Daemon:
         self.signals = Signals()
         self.watchdog = Watchdog(self.notifier)
         self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
-        self.metrics = MetricsFile(None if dry_run else _metrics_path(settings))
-        self.metrics_at: Optional[float] = None  # the next refresh of what changes without uevents
-        self.balloon_said: Optional[str] = None  # the balloon last warned about
+        self.reporter = Reporter(backend, None if dry_run else _metrics_path(settings), self.counts)
         self.ready = False
         self.rescan_at: Optional[float] = None  # a failed rescan is tried again
         self._finishing = None  # the static group a stop lets finish
@@ -288,16 +282,16 @@ class Daemon:
                 unbound = unbound_virtio_mem(self.backend)
                 self.monitor.start()  # before the scan, so no add between the two is lost
                 self.scan()
-                self._balloon_check()
+                self.reporter.balloon_check(self.blocks.machine)
                 self._start_up(unbound)
-                self._update_metrics()
+                self.reporter.update(self.blocks.machine)
                 if not self.signals.stopping:
                     self.notifier.ready(self.status())
                     self.ready = True
                     log.info("ready: %s", self.status())
                     self._loop()
                 self.notifier.stopping()
-                self._update_metrics(running=False)
+                self.reporter.update(self.blocks.machine, running=False)
                 if self.signals.aborting:
                     log.error("aborted (SIGABRT: the watchdog?): %s", self.status())
                 else:
@@ -332,7 +326,7 @@ class Daemon:
                 now = time.monotonic()
                 self.watchdog.ping(now)
                 deadlines = [t for t in (self.pending.deadline, self.rescan_at, self.watchdog.due_at(),
-                                         self.metrics_at) if t is not None]
+                                         self.reporter.due_at) if t is not None]
                 for key, _ in selector.select(max(0.0, min(deadlines) - now) if deadlines else None):
                     key.data()  # drain the uevents, or the signal socket
                 if self.signals.reload_wanted:
@@ -343,9 +337,9 @@ class Daemon:
                     self.process_batch()
                 if self.blocks.handled.dirty:  # blocks seen online through uevents: a restart must know them
                     self.blocks.save()
-                if self.metrics_at is not None and time.monotonic() >= self.metrics_at:
+                if self.reporter.due(time.monotonic()):
                     self.blocks.refresh_balloons()  # MemAvailable and balloons change without uevents
-                self._update_metrics()
+                self.reporter.update(self.blocks.machine)
 
     # -- uevents --------------------------------------------------------------
 
@@ -420,7 +414,7 @@ class Daemon:
                 self.counts["conflicts"] += 1
         todo = [i for i in sorted(seen) if i in model and not model[i].online]
         self._online(todo)
-        self._log_figures(todo)
+        self.reporter.batch_done(self.blocks.machine, todo)
         if self.ready:  # before READY=1, the start-up's own status follows
             self.notifier.status(self.status())
 
@@ -458,36 +452,6 @@ class Daemon:
     def status(self) -> str:
         return status_line(self.backend, self.blocks.machine, self.counts)
 
-    # -- what the decisions leave: figures, balloons, metrics ---------------------
-
-    def _log_figures(self, indexes) -> None:
-        """The figures of the devices a batch onlined blocks of (report.py), as
-        journal fields too; the balloon warning when memory went Movable."""
-        blocks = self.blocks.machine.blocks
-        names = {blocks[i].group.name for i in indexes if i in blocks and blocks[i].group is not None}
-        for d in report.device_figures(self.blocks.machine, names) if names else ():
-            log.info("%s", d.line(), extra={"MESSAGE_ID": FIGURES_MESSAGE_ID, "DEVICE": d.device,
-                                             "MOVABLE_BYTES": d.movable, "KERNEL_BYTES": d.kernel,
-                                             "OFFLINE_BYTES": d.offline, "REMOVABLE_BYTES": d.removable})
-        if any(i in blocks and blocks[i].zone == MOVABLE for i in indexes):
-            self._balloon_check()
-
-    def _balloon_check(self) -> None:
-        """The balloon warning when it first applies, and again for another balloon."""
-        balloon = self.blocks.machine.unmovable_balloon()
-        if balloon is not None and balloon.name != self.balloon_said:
-            log.warning("%s", report.balloon_warning(self.blocks.machine))
-        self.balloon_said = balloon.name if balloon is not None else None
-
-    def _update_metrics(self, running: bool = True) -> None:
-        """The metrics file, when configured; refreshed every METRICS_REFRESH
-        too (a wake-up only with a metrics file)."""
-        if self.metrics.path is None:
-            return
-        self.metrics.update(lambda: render(self.blocks.machine, self.counts,
-                                           memory_now(self.backend).get("memory_available"), running))
-        self.metrics_at = time.monotonic() + METRICS_REFRESH if running else None
-
     # -- configuration ----------------------------------------------------------
 
     def reload(self) -> None:
@@ -502,9 +466,8 @@ class Daemon:
         old, self.settings = self.settings, new
         later = [k for k in RESTART_KEYS if getattr(old, k) != getattr(new, k)]
         self.pending.settle = new.settle_ms / 1000
-        if _metrics_path(new) != self.metrics.path and not self.writer.dry_run:
-            self._update_metrics(running=False)  # the old file says memonlined no longer writes it
-            self.metrics, self.metrics_at = MetricsFile(_metrics_path(new)), None
+        if not self.writer.dry_run:
+            self.reporter.move(self.blocks.machine, _metrics_path(new))
         if self.kernel_mode:
             self._configure_kernel()
         log.info("configuration reloaded%s", f"; {', '.join(later)}: in force from the next start" if later else "")

@@ -1,20 +1,30 @@
-"""The daemon's figures in the Prometheus text format, for node_exporter's
-textfile collector ([daemon] metrics_file): per device and per node what
-is in ZONE_MOVABLE, in kernel zones and offline, what could be given back
-(report.py), the decisions so far, the balloons. The file is replaced
-whole (a temporary file beside it, renamed), so a scrape never reads half
-of it; it carries no timestamp (node_exporter exports the file's mtime).
+"""What the daemon tells of report.py's figures (Reporter): a journal line
+per device after each batch, the balloon warning, and the Prometheus text
+file for node_exporter's textfile collector ([daemon] metrics_file): per
+device and per node what is in ZONE_MOVABLE, in kernel zones and offline,
+what could be given back, the decisions so far, the balloons. The file is
+replaced whole (a temporary file beside it, renamed), so a scrape never
+reads half of it; it carries no timestamp (node_exporter exports the
+file's mtime).
 """
 
 import logging
 import os
 import tempfile
+import time
 from typing import List, Optional
 
 from . import report
+from .discover import memory_now
 from .model import Machine
+from .parse import MOVABLE
+from .writer import FIGURES_MESSAGE_ID
 
 log = logging.getLogger(__name__)
+
+# How often the metrics file is brought up to date with what changes
+# without a uevent (MemAvailable, balloons): a wake-up only with a file.
+REFRESH = 10.0
 
 
 def _labels(**labels) -> str:
@@ -118,3 +128,50 @@ class MetricsFile:
             return
         self._failing = False
         self._written = text
+
+
+class Reporter:
+    """The daemon's figures told: the journal after a batch, the balloon
+    warning once per balloon, the metrics file (PATH; None: none)."""
+
+    def __init__(self, backend, path: Optional[str], counts):
+        self.backend, self.counts = backend, counts
+        self.file = MetricsFile(path)
+        self.due_at: Optional[float] = None  # the next refresh of the file
+        self.balloon_said: Optional[str] = None
+
+    def due(self, now: float) -> bool:
+        return self.due_at is not None and now >= self.due_at
+
+    def batch_done(self, machine: Machine, indexes) -> None:
+        """The figures of the devices INDEXES belong to, as journal fields too;
+        the balloon warning when memory went Movable."""
+        blocks = machine.blocks
+        names = {blocks[i].group.name for i in indexes if i in blocks and blocks[i].group is not None}
+        for d in report.device_figures(machine, names) if names else ():
+            log.info("%s", d.line(), extra={"MESSAGE_ID": FIGURES_MESSAGE_ID, "DEVICE": d.device,
+                                             "MOVABLE_BYTES": d.movable, "KERNEL_BYTES": d.kernel,
+                                             "OFFLINE_BYTES": d.offline, "REMOVABLE_BYTES": d.removable})
+        if any(i in blocks and blocks[i].zone == MOVABLE for i in indexes):
+            self.balloon_check(machine)
+
+    def balloon_check(self, machine: Machine) -> None:
+        """The balloon warning when it first applies, and again for another balloon."""
+        balloon = machine.unmovable_balloon()
+        if balloon is not None and balloon.name != self.balloon_said:
+            log.warning("%s", report.balloon_warning(machine))
+        self.balloon_said = balloon.name if balloon is not None else None
+
+    def update(self, machine: Machine, running: bool = True) -> None:
+        if self.file.path is None:
+            return
+        self.file.update(lambda: render(machine, self.counts, memory_now(self.backend).get("memory_available"),
+                                        running))
+        self.due_at = time.monotonic() + REFRESH if running else None
+
+    def move(self, machine: Machine, path: Optional[str]) -> None:
+        """A reload named another file (or none): the old one says memonlined stopped writing it."""
+        if path != self.file.path:
+            self.update(machine, running=False)
+            self.file, self.due_at = MetricsFile(path), None
+

@@ -279,8 +279,8 @@ def test_a_static_device_with_kernel_and_offline_blocks_gives_nothing_back_and_n
 
 
 def test_the_metrics_file_follows_memavailable_and_a_late_balloon_without_uevents(tmp_path, monkeypatch):
-    import memonlined.daemon as daemon_module
-    monkeypatch.setattr(daemon_module, "METRICS_REFRESH", 0.1)
+    import memonlined.metrics as metrics_module
+    monkeypatch.setattr(metrics_module, "REFRESH", 0.1)
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
     path = str(tmp_path / "memonlined.prom")
     run = Run(kernel, tmp_path / "state", settings=Config(settle_ms=10, metrics_file=path))
