@@ -260,7 +260,9 @@ def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: 
     _print_table(ranges)
     print(f"Memory block size: {format_size(machine.block_size)}; "
           f"auto_online_blocks: {machine.auto_online_blocks or 'unknown'}; ratio {settings.ratio}%, "
-          f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}")
+          f"numa-aware {'yes' if settings.numa_aware else 'no'}, policy {settings.policy}"
+          + (f"; memmap_on_memory: {machine.kernel_params['memmap_on_memory']}"
+             if "memmap_on_memory" in machine.kernel_params else ""))
     if usage:
         print(f"Memory: total {format_size(usage['memory_total'])}, available {format_size(available)}")
     for n in nodes:

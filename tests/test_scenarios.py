@@ -123,3 +123,17 @@ def test_a_dax_device_is_decided_as_a_whole(tmp_path):
     layout = t.online()
     dax = range(128, 160)
     assert {layout[i] for i in dax} == {"Normal"}
+
+
+def test_memmap_on_memory_changes_no_decision(tmp_path):
+    """memory_hotplug.memmap_on_memory=1: each DIMM block's memmap lives in
+    its first pages, which the kernel counts present in the block's zone
+    (memory_block_online(): adjust_present_page_count() of the vmemmap
+    pages), so the ratio sees whole blocks as before (proven by hand in a 6.1
+    guest too: see the README). status says the parameter, as lsmem does."""
+    t = Twins(tmp_path, memmap_on_memory=True)
+    t.do("add_dimm", 10 * GiB)
+    t.do("add_dimm", 4 * GiB)
+    layout = t.online()
+    assert {layout[i] for i in range(48, 128)} == {"Movable"} and {layout[i] for i in range(128, 160)} == {"Normal"}
+    assert "memmap_on_memory: Y" in memonlined(t.ours, "status")[1]
