@@ -199,12 +199,9 @@ def _nodes(machine: Machine, settings: Settings, devices, available: Optional[in
     """Per node: the ratio's counters as they are (before the planner's
     what-if) and what of its hot-plugged memory could be given back."""
     mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
-    hotplugged = {n.node: n for n in report.node_figures(devices, available)}
     nodes = []
-    for nid in sorted(set(machine.nodes) | set(hotplugged), key=lambda k: (k is None, k or 0)):
-        n, h = machine.node(nid), hotplugged.get(nid)
-        if h is None:  # no hot-plugged device on it
-            h = report.NodeFigures(nid, 0, 0, 0, 0, 0, None if available is None else 0)
+    for h in report.node_figures(devices, available, machine.nodes):
+        nid, n = h.node, machine.node(h.node)
         nodes.append({"node": nid, "early_kernel_mib": mib(n.kernel_early), "movable_mib": mib(n.movable),
                       "hotplugged_kernel_mib": mib(n.hotplugged_kernel), "ratio": settings.ratio,
                       "numa_aware": settings.numa_aware,

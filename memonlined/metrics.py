@@ -103,12 +103,8 @@ class MetricsFile:
         self._written: Optional[str] = None
         self._failing = False
 
-    def update(self, text_of) -> None:
-        """TEXT_OF(): the text, made only when there is a file to write."""
-        if not self.path:
-            return
-        text = text_of()
-        if text == self._written:
+    def update(self, text: str) -> None:
+        if not self.path or text == self._written:
             return
         directory = os.path.dirname(self.path) or "."
         try:
@@ -165,8 +161,7 @@ class Reporter:
     def update(self, machine: Machine, running: bool = True) -> None:
         if self.file.path is None:
             return
-        self.file.update(lambda: render(machine, self.counts, memory_now(self.backend).get("memory_available"),
-                                        running))
+        self.file.update(render(machine, self.counts, memory_now(self.backend).get("memory_available"), running))
         self.due_at = time.monotonic() + REFRESH if running else None
 
     def move(self, machine: Machine, path: Optional[str]) -> None:

@@ -54,7 +54,6 @@ class NodeFigures:
     kernel: int
     offline: int
     removable: int
-    removable_offline: int
     unpluggable_now: Optional[int]
 
 
@@ -76,29 +75,31 @@ def device_figures(machine: Machine, names=None) -> List[DeviceFigures]:
     return out
 
 
-def node_figures(devices: List[DeviceFigures], available: Optional[int]) -> List[NodeFigures]:
-    """Per node, from DEVICES; AVAILABLE: MemAvailable in bytes (or None)."""
-    nodes: Dict[Optional[int], NodeFigures] = {}
+def _give_back(devices: List[DeviceFigures], available: Optional[int]) -> "tuple[int, Optional[int]]":
+    """(removable, unpluggable now) of DEVICES together: their removable
+    offline memory costs nothing, the online part must fit MemAvailable."""
+    removable = sum(d.removable for d in devices)
+    free = sum(d.offline for d in devices if d.removable)
+    return removable, None if available is None else free + min(removable - free, available)
+
+
+def node_figures(devices: List[DeviceFigures], available: Optional[int], nodes=()) -> List[NodeFigures]:
+    """Per node of DEVICES, and of NODES (one without a device: zeros);
+    AVAILABLE: MemAvailable in bytes (or None)."""
+    by_node: Dict[Optional[int], List[DeviceFigures]] = {nid: [] for nid in nodes}
     for d in devices:
-        n = nodes.setdefault(d.node, NodeFigures(d.node, 0, 0, 0, 0, 0, None))
-        n.movable += d.movable
-        n.kernel += d.kernel
-        n.offline += d.offline
-        n.removable += d.removable
-        n.removable_offline += d.offline if d.removable else 0
-    for n in nodes.values():
-        if available is not None:
-            n.unpluggable_now = n.removable_offline + min(n.removable - n.removable_offline, available)
-    return [nodes[k] for k in sorted(nodes, key=lambda k: (k is None, k or 0))]
+        by_node.setdefault(d.node, []).append(d)
+    out = []
+    for nid in sorted(by_node, key=lambda k: (k is None, k or 0)):
+        ds = by_node[nid]
+        out.append(NodeFigures(nid, sum(d.movable for d in ds), sum(d.kernel for d in ds),
+                               sum(d.offline for d in ds), *_give_back(ds, available)))
+    return out
 
 
 def unpluggable_now(devices: List[DeviceFigures], available: Optional[int]) -> Optional[int]:
     """The whole system's: what giving back from every node at once leaves room for."""
-    if available is None:
-        return None
-    removable = sum(d.removable for d in devices)
-    free = sum(d.offline for d in devices if d.removable)
-    return free + min(removable - free, available)
+    return _give_back(devices, available)[1]
 
 
 def balloon_warning(machine: Machine) -> Optional[str]:
