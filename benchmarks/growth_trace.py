@@ -28,7 +28,7 @@ from guests import bench_guest
 from scenarios import install_memonlined, start_daemon, stop_daemon
 
 RUNNER = r'''
-import sys, time
+import os, sys, time
 sys.path[:0] = ["/run/py"]
 from memonlined import cli, backend, daemon
 spans = []
@@ -44,21 +44,30 @@ def wrap(cls, name):
 for cls, name in ((daemon.Daemon, "process_batch"), (daemon.Daemon, "_drain"),
                   (backend.Backend, "write_block_state")):
     wrap(cls, name)
+profile = None
+if os.environ.get("PROFILE"):  # where the Python time goes, per function (inflates it)
+    import cProfile
+    profile = cProfile.Profile()
+    profile.enable()
 try:
     rc = cli.main(sys.argv[1:])
 finally:
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(os.environ["PROFILE"])
     with open("/run/spans", "w") as f:
         f.write("\n".join(spans) + "\n")
 sys.exit(rc)
 '''
 
 
-def trace(mo_args):
+def trace(mo_args, profile=False):
     with bench_guest("memonlined", qemu_opts=virtio_mem_opts("vm0", 16 * GiB)) as g:
         install_memonlined(g)
         with open(os.path.join(g.share, "runner.py"), "w") as f:
             f.write(RUNNER)
-        start_daemon(g, f"--config /dev/null {' '.join(mo_args)} run", program=f"python3 -S {g.share}/runner.py")
+        env = f"PROFILE={g.share}/profile " if profile else ""
+        start_daemon(g, f"--config /dev/null {' '.join(mo_args)} run", program=f"{env}python3 -S {g.share}/runner.py")
         g.sh("modprobe virtio_mem")
         t0 = time.monotonic()
         g.request_size("vm0", 16 * GiB)
@@ -67,13 +76,19 @@ def trace(mo_args):
         growth = time.monotonic() - t0
         time.sleep(1)
         stop_daemon(g)
+        if profile:
+            import pstats
+            pstats.Stats(os.path.join(g.share, "profile")).sort_stats("tottime").print_stats(25)
         spans = [(n, float(a), float(b)) for n, a, b in (line.split() for line in g.sh("cat /run/spans").stdout.split("\n") if line)]
     batches = [s for s in spans if s[0] == "process_batch"]
     writes = [s for s in spans if s[0] == "write_block_state"]
     start, end = batches[0][1], max(b for _, _, b in writes)
     busy = sum(b - a for n, a, b in spans if n in ("process_batch", "_drain") and a >= start)
     in_writes = sum(b - a for _, a, b in writes)
-    return {"write ms": [(b - a) * 1000 for _, a, b in writes], "growth s": growth, "traced s": end - start,
+    # Between two writes of one batch: deciding the next block (and whatever else runs there).
+    gaps = [(c - b) * 1000 for (_, _, b), (_, c, _) in zip(writes, writes[1:])
+            if any(s <= b and c <= e for _, s, e in batches)]
+    return {"write ms": [(b - a) * 1000 for _, a, b in writes], "gap ms": gaps, "growth s": growth, "traced s": end - start,
             "writes s": in_writes, "python s": busy - in_writes, "idle s": (end - start) - busy,
             "blocks": len(writes), "batches": len(batches)}
 
@@ -111,16 +126,18 @@ def spread(ms):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="also print the daemon's cProfile (its own time grows)")
     args, mo_args = p.parse_known_args()
     if os.geteuid() != 0:
         sys.exit("run as root (vng, QEMU, and memonlined in the guest)")
     for _ in range(args.reps):
-        r = trace(mo_args)
+        r = trace(mo_args, args.profile)
         print(f"growth {r['growth s']:.2f} s until plugged; from the first batch to the last write "
               f"{r['traced s']:.2f} s: inside state writes {r['writes s']:.2f} s, Python {r['python s']:.2f} s "
               f"({r['python s'] / r['blocks'] * 1000:.1f} ms per block), idle {r['idle s']:.2f} s; "
               f"{r['blocks']} blocks in {r['batches']} batches", flush=True)
-        print(f"  one write: {spread(r['write ms'])}", flush=True)
+        print(f"  one write: {spread(r['write ms'])}; between two writes of a batch: {spread(r['gap ms'])}",
+              flush=True)
     w = uncontended()
     print(f"uncontended (a DIMM's {len(w)} blocks onlined one by one, nothing else going on): one write: "
           f"{spread(w)}", flush=True)

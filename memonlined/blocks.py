@@ -29,10 +29,11 @@ BALLOON_RECHECK = 10.0
 
 
 class Reread(NamedTuple):
-    """A batch read again. WAIT: some block may still get its links within
-    LINK_WAIT of its add (read the batch again soon); NO_NODE: blocks that
-    have no node link yet, however long it took (never decided without it)."""
-    wait: bool
+    """A batch read again. WAIT_FROM: the lowest block that may still get its
+    links within LINK_WAIT of its add (it and those above it are read again
+    soon; those below are complete), None: none; NO_NODE: blocks that have no
+    node link yet, however long it took (never decided without it)."""
+    wait_from: Optional[int]
     no_node: List[int]
 
 
@@ -84,7 +85,7 @@ class Blocks:
         if left:
             log.info("leaving %d offline blocks alone that were online before (offlined by an administrator): %s",
                      len(left), format_runs(left))
-        self.save()
+        self.save(everything=True)
         return new
 
     def known(self, index: int) -> bool:
@@ -155,12 +156,12 @@ class Blocks:
         blocks, now = self.machine.blocks, time.monotonic()
         no_node = [i for i in batch if i not in blocks and self.backend.exists(block_dir(i))]
         unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.found.unlinked(blocks[i])]
-        wait = any(now - seen[i] < LINK_WAIT for i in no_node + unlinked)
-        if wait:
+        waiting = [i for i in no_node + unlinked if now - seen[i] < LINK_WAIT]
+        if waiting:
             self.machine.warnings.clear()  # said when the batch is read for good
         else:
             self.log_warnings()
-        return Reread(wait, no_node)
+        return Reread(min(waiting, default=None), no_node)
 
     def refresh_balloons(self) -> None:
         self.machine.balloons = read_balloons(self.backend)
@@ -171,9 +172,10 @@ class Blocks:
             log.warning("%s", warning)
         self.machine.warnings.clear()
 
-    def save(self) -> None:
-        """What a restart in this boot must know."""
-        self.handled.save()
+    def save(self, everything: bool = False) -> None:
+        """What a restart in this boot must know: what changed (EVERYTHING: all)."""
+        if everything or self.handled.dirty:
+            self.handled.save()
         if self.facts != self._saved_facts:
             self.state.save(FACTS, {"facts": self.facts})
             self._saved_facts = copy.deepcopy(self.facts)

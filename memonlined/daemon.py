@@ -398,11 +398,18 @@ class Daemon:
         # Before READY=1 balloon drivers are binding: each batch looks again.
         reread = self.blocks.reread(seen, balloons=not self.ready)
         now = time.monotonic()
-        if reread.wait:  # read the batch again a little later
-            self.pending.put_back(seen, max(self.pending.settle, 0.005), now)
+        if reread.wait_from is not None:
+            # Decided now: the blocks below the first that waits for its links
+            # (a growing virtio-mem device's, a DIMM's whose links came); the
+            # rest are read again a little later.
+            later = {i: t for i, t in seen.items() if i >= reread.wait_from}
+            self.pending.put_back(later, max(self.pending.settle, 0.005), now)
+            seen = {i: t for i, t in seen.items() if i < reread.wait_from}
+        retry = [i for i in reread.no_node if i in seen]
+        if retry:  # never decided without its node; looked at again, however long it takes
+            self.pending.put_back({i: seen[i] for i in retry}, Pending.RETRY, now)
+        if not seen:
             return
-        if reread.no_node:  # never decided without its node; looked at again, however long it takes
-            self.pending.put_back({i: seen[i] for i in reread.no_node}, Pending.RETRY, now)
         model = self.blocks.machine.blocks
         for index in sorted(seen):
             block = model.get(index)
@@ -415,7 +422,7 @@ class Daemon:
         todo = [i for i in sorted(seen) if i in model and not model[i].online]
         self._online(todo)
         self.reporter.batch_done(self.blocks.machine, todo)
-        if self.ready:  # before READY=1, the start-up's own status follows
+        if self.ready and self.notifier.listening:  # before READY=1, the start-up's own status follows
             self.notifier.status(self.status())
 
     def _online(self, indexes) -> None:

@@ -29,6 +29,11 @@ class Systemd:
         if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
             self._watchdog = int(usec) / 1e6
 
+    @property
+    def listening(self) -> bool:
+        """Is anyone told? (STATUS= costs a /proc/meminfo read and the figures.)"""
+        return self.address is not None
+
     def notify(self, state: str) -> None:
         if self.address is None:
             return

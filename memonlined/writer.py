@@ -10,6 +10,7 @@ same path with every write replaced by a log line: a Writer is made dry once.
 import errno
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Tuple
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 ONLINED, FALLBACK, ALREADY_ONLINE, VANISHED, FAILED, DRY_RUN = (
     "onlined", "fallback", "already-online", "vanished", "failed", "dry-run")
 
+# How long the decision lines of a batch may wait for its writes.
+TELL_EVERY = 0.25
 # A journal MESSAGE_ID for every decision, and one for conflicts with other onliners.
 DECISION_MESSAGE_ID = "3f0b6c2e8d4a4f5bb1c9e7a2d5f81c40"
 CONFLICT_MESSAGE_ID = "9a7d2e41c6b84d0f8e3a5b1c7f2d6e93"
@@ -111,11 +114,20 @@ def online_block(writer: Writer, decision: Decision, kernel_zone: str) -> "tuple
         # A write that succeeded onlined the block to Movable, or to the kernel
         # zone its valid_zones named (a block online already fails with EINVAL).
         zone = MOVABLE if attempt == "online_movable" else kernel_zone
-        result = ONLINED if attempt == attempts[0] else FALLBACK
-        log.info("memory%d: onlined to %s (%s): %s", index, zone, decision.device, decision.reason,
-                 extra=_fields(decision, zone, result))
-        return zone, result
+        return zone, (ONLINED if attempt == attempts[0] else FALLBACK)
     return None, FAILED
+
+
+def _tell(outcomes: "List[Outcome]") -> None:
+    """The decision lines of blocks onlined (or, in a dry run, to be)."""
+    for o in outcomes:
+        d = o.decision
+        if o.result in (ONLINED, FALLBACK):
+            log.info("memory%d: onlined to %s (%s): %s", d.block, o.zone, d.device, d.reason,
+                     extra=_fields(d, o.zone, o.result))
+        elif o.result == DRY_RUN:
+            log.info("memory%d: would online to %s (%s): %s", d.block, o.zone, d.device, d.reason,
+                     extra=_fields(d, o.zone, o.result))
 
 
 def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
@@ -124,25 +136,33 @@ def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
     asked before each block (the daemon pings its watchdog there, and says
     False to stop early)."""
     machine = planner.machine
-    outcomes = []
-    for index in sorted(indexes):
-        block = machine.blocks.get(index)
-        if block is None or block.online:
-            continue
-        if go_on is not None and not go_on(block):
-            break
-        decision = planner.decide(index)
-        if writer.dry_run:
-            zone, result = decision.zone, DRY_RUN
-            log.info("memory%d: would online to %s (%s): %s", index, zone, decision.device, decision.reason,
-                     extra=_fields(decision, zone, result))
-        else:
-            zone, result = online_block(writer, decision, block.kernel_zone)
-        if result == VANISHED:
-            del machine.blocks[index]
-            continue
-        planner.commit(index, zone)
-        outcomes.append(Outcome(decision, zone, result))
+    outcomes: List[Outcome] = []
+    told, told_at = 0, time.monotonic()
+    try:
+        for index in sorted(indexes):
+            block = machine.blocks.get(index)
+            if block is None or block.online:
+                continue
+            if go_on is not None and not go_on(block):
+                break
+            decision = planner.decide(index)
+            if writer.dry_run:
+                zone, result = decision.zone, DRY_RUN
+            else:
+                zone, result = online_block(writer, decision, block.kernel_zone)
+            if result == VANISHED:
+                del machine.blocks[index]
+                continue
+            planner.commit(index, zone)
+            outcomes.append(Outcome(decision, zone, result))
+            # The lines wait for the batch's last write (TELL_EVERY in a long one):
+            # what comes between two writes delays the next one, and a growing
+            # virtio-mem device waits for its blocks to be online.
+            if time.monotonic() - told_at >= TELL_EVERY:
+                _tell(outcomes[told:])
+                told, told_at = len(outcomes), time.monotonic()
+    finally:
+        _tell(outcomes[told:])
     return outcomes
 
 

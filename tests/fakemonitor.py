@@ -70,6 +70,8 @@ class FakeSystemd(Systemd):
         self.notes = []
         self._period = watchdog_period
 
+    listening = True
+
     def notify(self, state):
         self.notes.append(state)
 

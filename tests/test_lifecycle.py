@@ -520,3 +520,26 @@ def test_one_virtio_mem_device_binding_late_is_online_at_ready_while_another_nev
     assert 3.0 < ready_after[0] < 7.5, ready_after  # not DRIVER_WAIT (8 s)
     assert f"{never}: no driver after" in caplog.text and "virtio_mem did not bind it" in caplog.text
     assert f"{bound}: no driver" not in caplog.text
+
+
+def test_blocks_below_one_waiting_for_its_node_link_are_onlined_meanwhile(tmp_path):
+    """A growing virtio-mem device: the block whose node link is not there yet
+    holds back itself and those above it, not the complete blocks below it."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    vm, twin_vm = kernel.add_virtio_mem(4 * GiB), twin.add_virtio_mem(4 * GiB)
+
+    def script(run):
+        with run.backend.lock:
+            first, second = kernel.virtio_mem_plug(vm, 256 << 20)
+            link = os.path.join(kernel.root, f"sys/devices/system/memory/memory{second}/node0")
+            os.unlink(link)                              # the add uevent comes before the node link
+        run.monitor.relay()
+        wait_for(lambda: kernel.layout()[first] is not None, 1.0)  # well within LINK_WAIT (2 s)
+        assert kernel.layout()[second] is None
+        os.symlink("../../node/node0", link)
+        wait_for(lambda: None not in kernel.layout().values(), 5)
+
+    Run(kernel, tmp_path / "run")(script)
+    twin.virtio_mem_plug(twin_vm, 256 << 20)
+    assert kernel.layout() == kernel_online_all(twin)
