@@ -61,6 +61,9 @@ ready-*)
     i=0; while [ "$(offline)" != 0 ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     echo "E2E-LAST $(journalctl -u memonlined -o short-monotonic --no-pager | grep -E 'memory[0-9]+: onlined' | tail -n 1)"
     echo "E2E-COUNT $(journalctl -u memonlined --no-pager | grep -cE 'memory[0-9]+: onlined') $(offline)"
+    echo "E2E-JOURNAL-BEGIN"
+    journalctl -b -o short-monotonic --no-pager | grep -E 'memonlined\[|: (Starting|Started) memonlined' | grep -vE 'memory[0-9]+: onlined' | head -n 60
+    echo "E2E-JOURNAL-END"
     ;;
 floor)
     until_offline "$want"
@@ -82,7 +85,16 @@ oneshot)
     t1=$(now)
     python3 -c pass
     t2=$(now)
-    echo "E2E-ONESHOT $t0 $t1 $t2 $rc $(offline) $(grep -c 'onlined to' /run/oneshot.log)"
+    echo "E2E-ONESHOT $t0 $t1 $t2 $rc $(offline) $(grep -c '	onlined	' /run/oneshot.log)"
+    echo "E2E-JOURNAL-BEGIN"  # where the time goes: cold and warm imports, then the command itself
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    a=$(now); python3 -c pass; b=$(now)
+    echo "cold python3 -c pass: $a $b"
+    sync; echo 3 > /proc/sys/vm/drop_caches
+    INVOCATION_ID=x python3 -X importtime -c 'import memonlined.cli, systemd.journal' 2>&1 | sort -t'|' -k1.13,1.24n | tail -n 40
+    python3 -X importtime -c 'import memonlined.cli' 2>&1 | sort -t'|' -k2 -n | tail -n 12
+    python3 -c 'import cProfile, sys; from memonlined.cli import main; sys.argv[1:] = ["online", "--dry-run"]; cProfile.run("main()", sort="cumtime")' 2>/dev/null | head -n 45
+    echo "E2E-JOURNAL-END"
     ;;
 esac
 echo "E2E-ZONES $(cat memory[0-9]*/valid_zones | sort | uniq -c | tr -s ' ' | tr '\n' ';')"
@@ -164,6 +176,9 @@ def figures(case, text, log):
         if int(rc) or int(n) != 16 or int(left):
             raise RuntimeError(f"oneshot: rc {rc}, {n} of 16 blocks onlined, {left} offline")
     res["zones"] = zones
+    journal = re.search(r"E2E-JOURNAL-BEGIN\n(.*?)E2E-JOURNAL-END", text, re.S)
+    if journal and os.environ.get("BOOT_JOURNAL"):
+        log(journal.group(1))
     log(f"  {case}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}" for k, v in res.items()))
     return res
 

@@ -41,8 +41,10 @@ def wrap(cls, name):
         finally:
             spans.append("%s %.6f %.6f" % (name, t, time.monotonic()))
     setattr(cls, name, timed)
+from memonlined import blocks, metrics, writer
 for cls, name in ((daemon.Daemon, "process_batch"), (daemon.Daemon, "_drain"),
-                  (backend.Backend, "write_block_state")):
+                  (backend.Backend, "write_block_state"), (blocks.Blocks, "reread"), (blocks.Blocks, "save"),
+                  (metrics.Reporter, "batch_done"), (writer, "_tell"), (daemon.Daemon, "on_event")):
     wrap(cls, name)
 profile = None
 if os.environ.get("PROFILE"):  # where the Python time goes, per function (inflates it)
@@ -88,7 +90,11 @@ def trace(mo_args, profile=False):
     # Between two writes of one batch: deciding the next block (and whatever else runs there).
     gaps = [(c - b) * 1000 for (_, _, b), (_, c, _) in zip(writes, writes[1:])
             if any(s <= b and c <= e for _, s, e in batches)]
-    return {"write ms": [(b - a) * 1000 for _, a, b in writes], "gap ms": gaps, "growth s": growth, "traced s": end - start,
+    parts = {}
+    for n, a, b in spans:
+        if a >= start and n not in ("process_batch", "_drain", "write_block_state"):
+            parts[n] = parts.get(n, 0) + (b - a)
+    return {"write ms": [(b - a) * 1000 for _, a, b in writes], "gap ms": gaps, "parts s": parts, "growth s": growth, "traced s": end - start,
             "writes s": in_writes, "python s": busy - in_writes, "idle s": (end - start) - busy,
             "blocks": len(writes), "batches": len(batches)}
 
@@ -137,6 +143,8 @@ def main():
               f"({r['python s'] / r['blocks'] * 1000:.1f} ms per block), idle {r['idle s']:.2f} s; "
               f"{r['blocks']} blocks in {r['batches']} batches", flush=True)
         print(f"  one write: {spread(r['write ms'])}; between two writes of a batch: {spread(r['gap ms'])}",
+              flush=True)
+        print("  within the Python time: " + ", ".join(f"{n} {t:.3f} s" for n, t in sorted(r["parts s"].items())),
               flush=True)
     w = uncontended()
     print(f"uncontended (a DIMM's {len(w)} blocks onlined one by one, nothing else going on): one write: "

@@ -264,16 +264,17 @@ def other_qemus(own_sid=None):
 
 # -- one guest ------------------------------------------------------------------------------
 
-def bench_guest(approach, **kw):
-    """The benchmarks' guest: Debian 6.1, 4 GiB, 2 vCPUs, APPROACH's boot options."""
-    return Guest(kernel("bookworm"), memory_mib=4096, slots=8, maxmem_mib=65536, append=APPEND[approach],
-                 cpus=2, **kw)
+def bench_guest(approach, unplug=False, **kw):
+    """The benchmarks' guest: Debian 6.1, 4 GiB, 2 vCPUs, APPROACH's boot options
+    (UNPLUG: and those of the unplug guests)."""
+    return Guest(kernel("bookworm"), memory_mib=4096, slots=8, maxmem_mib=65536,
+                 append=APPEND[approach] + (UNPLUG_APPEND if unplug else []), cpus=2, **kw)
 
 
 def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000, 1024, 256, 64, 64), settle=20,
               unplug_timeout=60, mo_args=(), log=print):
     res = {"approach": approach}
-    with bench_guest(approach, qemu_opts=virtio_mem_opts("vm0", 16 * GiB)) as g:
+    with bench_guest(approach, unplug, qemu_opts=virtio_mem_opts("vm0", 16 * GiB)) as g:
         others = set(other_qemus(g.proc.pid))
         res["boot s"] = round(g.boot_seconds, 1)
         for name, text in (("watcher.py", WATCHER), ("workload.py", WORKLOAD), ("census.py", CENSUS)):
@@ -392,9 +393,9 @@ def wait_idle(minutes, log):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="two guests per approach instead of three")
+    p.add_argument("--quick", action="store_true", help="two guests per approach instead of five")
     p.add_argument("--reps", type=int, default=None,
-                   help="guests per approach (default 3, --quick 2): all measure the growth, the first the "
+                   help="guests per approach (default 5, --quick 2): all measure the growth, the first the "
                         "unplug, the others the burst")
     p.add_argument("--wait-idle", type=float, default=0, metavar="MIN",
                    help="first wait up to MIN minutes until no other qemu-system runs")
@@ -419,7 +420,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # unwind: guests are shut down
     log = lambda s: print(s, flush=True)  # noqa: E731
     approaches = [a for a in args.only.split(",") if a]
-    reps = 1 if args.unplug_only else args.reps if args.reps is not None else (2 if args.quick else 3)
+    reps = 1 if args.unplug_only else args.reps if args.reps is not None else (2 if args.quick else 5)
     workload = (args.files, args.pt_mib, args.margin_mib, args.hole_kib, args.floor_mib)
     idle = wait_idle(args.wait_idle, log) if args.wait_idle else not other_qemus()
     runs = {a: [] for a in approaches}
@@ -447,7 +448,8 @@ def main(argv=None):
         "kernel": "Debian 6.1 (bookworm)", "guest": "4096 MiB, 2 vCPUs, TCG (no KVM)",
         "host cores": os.cpu_count(), "guests per approach": reps, "workload files": workload[0],
         "workload page tables MiB": workload[1], "workload margin MiB": workload[2],
-        "workload hole KiB": workload[3], "workload floor MiB": workload[4], "boot options": APPEND, "idle at start": idle,
+        "workload hole KiB": workload[3], "workload floor MiB": workload[4], "boot options": APPEND,
+        "unplug guests add": UNPLUG_APPEND, "idle at start": idle,
         "other qemu seen during runs": sorted({p for a in runs for r in runs[a] for p in r["other qemu during run"]}),
         "total seconds": round(time.monotonic() - t_start), "failed guests": failures}, "approaches": {}}
     approaches = [a for a in approaches if runs[a]]
@@ -476,12 +478,19 @@ def main(argv=None):
                 r[ratio] = round(r[key] / k[key], 2)
     results["guests"] = {a: [{k: (summary(v) if k.startswith("layout") else v) for k, v in r.items()}
                              for r in runs[a]] for a in approaches}
+    keys = ("gave back GiB", "plugged after unplug GiB", "workload", "device blocks holding kernel pages",
+            "kernel pages in the device MiB", "layout after unplug")
+    if args.no_unplug and os.path.exists(args.out):
+        # No guest of this run measured the unplug: the earlier run's figures stay, with their conditions.
+        with open(args.out) as f:
+            old = json.load(f)
+        for a in approaches:
+            results["approaches"][a].update({k: old["approaches"].get(a, {}).get(k) for k in keys})
+        results["conditions"]["unplug run"] = old["conditions"].get("unplug run (--unplug-only)", old["conditions"])
     if args.unplug_only and os.path.exists(args.out):
         # Keep the growth and burst figures of the earlier full run; replace the unplug ones.
         with open(args.out) as f:
             old = json.load(f)
-        keys = ("gave back GiB", "plugged after unplug GiB", "workload", "device blocks holding kernel pages",
-                "kernel pages in the device MiB", "layout after unplug")
         for a in approaches:
             old["approaches"].setdefault(a, {}).update({k: results["approaches"][a][k] for k in keys})
             old["guests"][a] = [r for r in old["guests"].get(a, []) if "gave back GiB" not in r] + results["guests"][a]
@@ -498,6 +507,12 @@ def main(argv=None):
     log("")
     log(f"{'approach':<11} {'growth s':>9} {'x kernel':>8} {'burst s':>8} {'x kernel':>8} {'gave back':>10} "
         f"{'kernel-page blocks':>18}  zones of the 16 GiB grown")
+    for a, r in results["approaches"].items():
+        for what in ("growth plugged s", "burst s"):
+            vals = [v for v in r[f"{what} (all)"] if v is not None]
+            if vals:
+                log(f"{a} {what}: median {statistics.median(vals):.2f} (min {min(vals):.2f}, max {max(vals):.2f}, "
+                    f"{len(vals)} guests)")
     for a, r in results["approaches"].items():
         zones = ", ".join(f"{z} {v:g}" for z, v in sorted(r["growth zones GiB"].items()))
         gb = r["gave back GiB"]

@@ -17,7 +17,6 @@ from typing import List, Optional
 from . import __version__
 from .backend import DAX_DEVICES, Backend, PARAMETERS
 from . import config
-from .capture import CaptureError, capture
 from .config import resolve_mode
 from .conflicts import BOOT_OFFLINE_ADVICE, KERNEL_ONLINES, RuleConflict, find_conflicts
 from .discover import SystemDataError, discover, memory_now
@@ -109,6 +108,7 @@ def _main(argv, backend, monitor, notifier) -> int:
     setup_logging(args.log_level)
     backend = backend or Backend(args.root)
     if args.command == "capture":
+        from .capture import CaptureError, capture
         try:
             count = capture(backend, args.out)
         except CaptureError as e:

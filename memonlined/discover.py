@@ -20,7 +20,7 @@ from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, HV_BALLOON_DRIVER, IOM
                       PARAMETERS, SETUP_DATA, VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, VMSTAT, VMW_BALLOON,
                       XEN_BALLOON, ZONEINFO, block_dir)
 from .model import DAX, DIMM, VIRTIO_MEM, Balloon, Block, Group, Machine, runs
-from .parse import (ParseError, parse_hex, Resource, iomem_hidden, kmsg_message,
+from .parse import (ParseError, Resource, iomem_hidden, kmsg_message,
                     parse_block_size, parse_boot_e820, parse_iomem, parse_meminfo, parse_setup_data_e820, parse_state,
                     parse_valid_zones, parse_virtio_mem_probes, parse_vmstat, parse_zoneinfo)
 
@@ -91,9 +91,7 @@ def read_block_files(backend: Backend, index: int, node: Optional[int] = None):
     """(state, valid_zones, node) of one block. Raises OSError (gone or
     unreadable) or ParseError (garbled); the caller says which file."""
     d = block_dir(index)
-    # phys_index must name the block: anything else means the tree is not what it seems.
-    if parse_hex(backend.read_attribute(f"{d}/phys_index"), "phys_index in hex") != index:
-        raise ParseError(f"phys_index does not say {index:08x}")
+    # Only what a decision needs (phys_index always says the directory's number).
     state = parse_state(backend.read_attribute(f"{d}/state"))
     if node is None:
         node = backend.block_node(index)

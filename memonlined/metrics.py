@@ -10,7 +10,6 @@ file's mtime).
 
 import logging
 import os
-import tempfile
 import time
 from typing import List, Optional
 
@@ -93,6 +92,18 @@ def render(machine: Machine, counts, available: Optional[int], running: bool = T
     return "\n".join(t.lines) + "\n"
 
 
+def _create(path: str) -> int:
+    """A new file at PATH, never one that is there already (another user's,
+    in a shared directory: removed first). The tempfile module would do, at
+    a megabyte of the daemon's memory."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        return os.open(path, flags, 0o644)
+    except FileExistsError:  # left by a daemon killed while writing
+        os.unlink(path)
+        return os.open(path, flags, 0o644)
+
+
 class MetricsFile:
     """PATH rewritten whenever the text changes; None: no metrics. A write
     that fails is logged once until one succeeds again: metrics never stop
@@ -106,13 +117,13 @@ class MetricsFile:
     def update(self, text: str) -> None:
         if not self.path or text == self._written:
             return
-        directory = os.path.dirname(self.path) or "."
+        tmp = os.path.join(os.path.dirname(self.path), f".memonlined-{os.getpid()}.prom.tmp")
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".memonlined-", suffix=".prom.tmp", dir=directory)
+            fd = _create(tmp)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    os.fchmod(f.fileno(), 0o644)
                     f.write(text)
-                os.chmod(tmp, 0o644)
                 os.replace(tmp, self.path)
             except BaseException:
                 os.unlink(tmp)

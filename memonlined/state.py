@@ -18,6 +18,7 @@ Every record names the boot it belongs to (/proc/sys/kernel/random/boot_id);
 a record of another boot (a state directory that is not on tmpfs) is ignored.
 """
 
+import errno
 import fcntl
 import json
 import logging
@@ -105,11 +106,15 @@ class StateDir:
         path = self._file(name)
         tmp = path + ".tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             # dumps, not dump: dump takes the pure-Python encoder and writes
             # piece by piece (under TCG, the daemon's biggest cost per batch).
-            with os.fdopen(fd, "wb") as f:
-                f.write(json.dumps({"boot_id": self.boot_id, **record}).encode())
+            data = json.dumps({"boot_id": self.boot_id, **record}).encode()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+            finally:
+                os.close(fd)
             os.replace(tmp, path)
         except OSError as e:
             if name not in self._failed_saves:

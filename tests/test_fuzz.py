@@ -40,7 +40,7 @@ def test_boot_params_parser_raises_only_parse_error(data):
 GLOBAL = ["proc/zoneinfo", "proc/iomem", "sys/devices/system/memory/block_size_bytes",
           "sys/devices/system/memory/auto_online_blocks", "sys/kernel/boot_params/data", "dev/kmsg",
           "sys/module/memory_hotplug/parameters/auto_movable_ratio"]
-BLOCK_FILES = ["state", "valid_zones", "phys_index"]
+BLOCK_FILES = ["state", "valid_zones"]
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

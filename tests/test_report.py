@@ -191,6 +191,21 @@ def test_a_metrics_file_that_cannot_be_written_stops_nothing(tmp_path, caplog):
     assert len(errors) == 1 and path in errors[0]
 
 
+def test_the_metrics_file_never_writes_through_what_lies_at_its_temporary_name(tmp_path):
+    """A stale temporary file (a daemon killed while writing), or a symlink
+    planted in a shared directory: removed, never written through."""
+    from memonlined.metrics import MetricsFile
+    path = tmp_path / "memonlined.prom"
+    victim = tmp_path / "victim"
+    victim.write_text("untouched\n")
+    os.symlink(victim, tmp_path / f".memonlined-{os.getpid()}.prom.tmp")
+    MetricsFile(str(path)).update("memonlined_running 1\n")
+    assert path.read_text() == "memonlined_running 1\n" and not path.is_symlink()
+    assert victim.read_text() == "untouched\n"
+    assert oct(path.stat().st_mode & 0o777) == "0o644"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["memonlined.prom", "victim"]
+
+
 def test_metrics_file_must_be_absolute(tmp_path, caplog):
     rc, _ = memonlined(FakeKernel(tmp_path), "--metrics-file", "memonlined.prom", "status")
     assert rc != 0
