@@ -188,6 +188,8 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=5, help="guests per case (default 5)")
     p.add_argument("--cases", default=",".join(CASES))
     p.add_argument("--out", default=os.path.join(HERE, "boot-results.json"))
+    p.add_argument("--dropin", default="", metavar="TEXT",
+                   help="experiments: a drop-in for memonlined.service, e.g. '[Service]\\nNice=-5'")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         sys.exit("run as root (chroot, mkfs, QEMU)")
@@ -197,9 +199,18 @@ def main(argv=None):
     debs = T.build_deb()
     T.install(root, (debs, debs), CHECK)
     work = tempfile.mkdtemp(prefix="memonlined-bench-img-", dir="/tmp")
+    dropin = os.path.join(root, "etc/systemd/system/memonlined.service.d/bench.conf")
     try:
         image = os.path.join(work, "root.img")
-        subprocess.run(["mkfs.ext4", "-q", "-d", root, image, "2000M"], check=True)
+        if args.dropin:
+            os.makedirs(os.path.dirname(dropin), exist_ok=True)
+            with open(dropin, "w") as f:
+                f.write(args.dropin.replace("\\n", "\n") + "\n")
+        try:
+            subprocess.run(["mkfs.ext4", "-q", "-d", root, image, "2000M"], check=True)
+        finally:  # the root is the tests' cached one
+            if os.path.exists(dropin):
+                os.unlink(dropin)
         vmlinuz = sorted(glob.glob(os.path.join(root, "boot/vmlinuz-*")))[-1]
         initrd = sorted(glob.glob(os.path.join(root, "boot/initrd.img-*")))[-1]
         runs = {c: [] for c in cases}
@@ -223,6 +234,7 @@ def main(argv=None):
             summary["ready-offline: start to last write s"]["median"] / summary["floor: shell loop s"]["median"], 2)
     with open(args.out, "w") as f:
         json.dump({"conditions": {"root": "Debian 12 (bookworm), its 6.1 kernel and Python 3.11, the package",
+                                  "drop-in": args.dropin or None,
                                   "guest": "TCG, 2 vCPUs", "host cores": os.cpu_count(), "guests per case": args.reps},
                    "summary": summary, "guests": runs}, f, indent=1)
     log("")

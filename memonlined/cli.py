@@ -8,7 +8,6 @@ as /proc/zoneinfo missing or garbled: nothing was written).
 
 import argparse
 import copy
-import json
 import logging
 import os
 import sys
@@ -166,6 +165,7 @@ def cmd_online(backend: Backend, machine: Machine, settings: Settings, dry_run: 
     if not outcomes:
         log.info("no offline memory blocks: nothing to do")
     if as_json:
+        import json  # only here: `online` at boot need not load it
         # One decision a line; json.dumps without indent is the fast C encoder.
         print('{"decisions": [' + ",\n ".join(json.dumps(o.as_json()) for o in outcomes) + "]}")
     else:
@@ -232,6 +232,7 @@ def _balloon_line(machine: Machine, b) -> str:
 
 
 def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: bool) -> int:
+    import json
     _auto_online_note(machine)
     usage = memory_now(backend)
     available = usage.get("memory_available")
@@ -287,6 +288,7 @@ def _print_table(ranges: List[dict]) -> None:
 
 
 def cmd_explain(machine: Machine, settings: Settings, index: int, as_json: bool) -> int:
+    import json
     block = machine.blocks.get(index)
     if block is None:
         log.error("memory%d: no such block (or it was skipped)", index)

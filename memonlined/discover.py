@@ -167,7 +167,8 @@ class Discovery:
         self.facts.get("virtio-mem", {}).pop(name, None)
 
     def read_probes(self) -> None:
-        self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log()])
+        # Of a log of thousands of records only the driver's few are parsed.
+        self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log() if "virtio_mem " in r])
 
     def read_block(self, index: int, node: Optional[int] = None) -> Optional[Block]:
         """Read and classify one block; None (with a warning where worth one)

@@ -20,7 +20,6 @@ a record of another boot (a state directory that is not on tmpfs) is ignored.
 
 import errno
 import fcntl
-import json
 import logging
 import os
 from typing import Dict, Optional
@@ -77,6 +76,7 @@ class StateDir:
             return None
         try:
             with open(self._file(name), encoding="utf-8") as f:
+                import json  # here: the one-shot commands need no state
                 record = json.load(f)
         except FileNotFoundError:
             return None
@@ -108,6 +108,7 @@ class StateDir:
         try:
             # dumps, not dump: dump takes the pure-Python encoder and writes
             # piece by piece (under TCG, the daemon's biggest cost per batch).
+            import json
             data = json.dumps({"boot_id": self.boot_id, **record}).encode()
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
             try:
