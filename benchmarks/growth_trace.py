@@ -11,8 +11,10 @@ time spent inside the state writes (the kernel's onlining work), in Python
 idle (waiting for the driver to add blocks). Then, in a second guest, what
 one state write costs with nothing else going on: a 4 GiB DIMM is added
 offline and its 32 blocks are onlined one by one (same kernel and boot
-options; with init_on_alloc=0 a write took 7.7-10.4 ms here, without it
-2.6-3.2 ms: the options matter, the comparison uses the same ones).
+options: the kernel's default ones; a write took 3.8-6.0 ms there, 11-14 ms
+during a growth, where virtio-mem's worker holds device_hotplug_lock to add
+the next block and the write sleeps 5 ms to try again). --profile adds the
+daemon's own cProfile (which slows it down).
 """
 import argparse
 import os
