@@ -166,8 +166,11 @@ def cmd_online(backend: Backend, machine: Machine, settings: Settings, dry_run: 
         log.info("no offline memory blocks: nothing to do")
     if as_json:
         import json  # only here: `online` at boot need not load it
-        # One decision a line; json.dumps without indent is the fast C encoder.
-        print('{"decisions": [' + ",\n ".join(json.dumps(o.as_json()) for o in outcomes) + "]}")
+        # One decision a line, from one call of the C encoder (a call per
+        # decision costs as much again): '}, {"block": ' can only fall between
+        # two decisions ("block" is their first key; quotes in strings are escaped).
+        text = json.dumps({"decisions": [o.as_json() for o in outcomes]})
+        print(text.replace('}, {"block": ', '},\n {"block": '))
     else:
         for o in outcomes:
             print(f"memory{o.decision.block}\t{o.zone or '-'}\t{o.result}\t{o.decision.device}\t{o.decision.reason}")

@@ -30,6 +30,21 @@ def test_status_json_merges_ranges_like_lsmem():
     assert node["movable_mib"] == 0 and node["early_kernel_mib"] == 4095
 
 
+def test_online_json_has_one_decision_a_line(tmp_path):
+    kernel = FakeKernel(tmp_path)
+    kernel.add_dimm(GiB)
+    kernel.add_virtio_mem(4 * GiB)
+    kernel.virtio_mem_plug("virtio5", 512 << 20)
+    rc, out = memonlined(kernel, "--override", 'PNP0C80:00=kernel', "online", "--dry-run", "--json")
+    assert rc == 0
+    decisions = json.loads(out)["decisions"]
+    lines = out.splitlines()
+    assert len(decisions) == len(lines) == 12
+    lines[0] = lines[0][len('{"decisions": ['):]
+    lines = [line.strip()[:-2] if i == len(lines) - 1 else line.strip()[:-1] for i, line in enumerate(lines)]
+    assert [json.loads(line) for line in lines] == decisions  # each line is one decision
+
+
 def test_status_text():
     rc, out = memonlined(DIMMS, "status")
     assert rc == 0
