@@ -13,7 +13,7 @@ import time
 from typing import Dict, List, NamedTuple, Optional
 
 from .backend import Backend, block_dir
-from .discover import Discovery, discover, read_balloons
+from .discover import NO_NODE_YET, Discovery, discover, read_balloons
 from .model import Block, Machine, format_runs
 from .state import Handled, StateDir
 
@@ -157,11 +157,20 @@ class Blocks:
         no_node = [i for i in batch if i not in blocks and self.backend.exists(block_dir(i))]
         unlinked = [i for i in batch if i in blocks and not blocks[i].online and self.found.unlinked(blocks[i])]
         waiting = [i for i in no_node + unlinked if now - seen[i] < LINK_WAIT]
-        if waiting:
-            self.machine.warnings.clear()  # said when the batch is read for good
-        else:
-            self.log_warnings()
-        return Reread(min(waiting, default=None), no_node)
+        wait_from = min(waiting, default=None)
+        if wait_from is not None:
+            # Only a virtio-mem device's blocks go ahead of one that waits: the
+            # kernel decides them block by block (unit by unit), but a DIMM or
+            # dax device as a whole, and a DIMM's links come after all its blocks.
+            static = [i for i in batch if i < wait_from and i in blocks and not blocks[i].online
+                      and (blocks[i].group is None or not blocks[i].group.dynamic)]
+            wait_from = min(static, default=wait_from)
+            # A block's missing link is said only when it is read for good;
+            # the rest (a device's unit assumed, say) is said now, once.
+            waits = {f"memory{i}: {NO_NODE_YET}" for i in waiting}
+            self.machine.warnings[:] = [w for w in self.machine.warnings if w.split(";")[0] not in waits]
+        self.log_warnings()
+        return Reread(wait_from, no_node)
 
     def refresh_balloons(self) -> None:
         self.machine.balloons = read_balloons(self.backend)
@@ -176,6 +185,5 @@ class Blocks:
         """What a restart in this boot must know: what changed (EVERYTHING: all)."""
         if everything or self.handled.dirty:
             self.handled.save()
-        if self.facts != self._saved_facts:
-            self.state.save(FACTS, {"facts": self.facts})
-            self._saved_facts = copy.deepcopy(self.facts)
+        if self.facts != self._saved_facts and self.state.save(FACTS, {"facts": self.facts}):
+            self._saved_facts = copy.deepcopy(self.facts)  # a failed save is tried again

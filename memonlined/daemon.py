@@ -290,6 +290,10 @@ class Daemon:
                     self.ready = True
                     log.info("ready: %s", self.status())
                     self._loop()
+                if self.pending:  # added, read again later, and then the stop came
+                    left = sorted(self.pending.take())
+                    log.warning("stopping before %d added blocks were decided (%s): they stay offline until "
+                                "memonlined starts again", len(left), format_runs(left))
                 self.notifier.stopping()
                 self.reporter.update(self.blocks.machine, running=False)
                 if self.signals.aborting:

@@ -30,6 +30,10 @@ _VIRTIO = re.compile(r"^virtio\d+$")
 _DAX = re.compile(r"^dax\d+\.\d+$")
 
 
+# A block read before the kernel linked it to its node (the daemon waits for it).
+NO_NODE_YET = "no node link yet"
+
+
 class SystemDataError(Exception):
     """Global data memonlined cannot work without is missing or garbled."""
 
@@ -188,7 +192,7 @@ class Discovery:
             machine.warnings.append(f"{self.backend.path(block_dir(index))}: {e}; skipped")
             return None
         if node is None:
-            machine.warnings.append(f"memory{index}: no node link yet; skipped")
+            machine.warnings.append(f"memory{index}: {NO_NODE_YET}; skipped")
             return None
         start = index * machine.block_size
         res = _find(self.drivers, self._driver_starts, start)

@@ -92,16 +92,18 @@ def render(machine: Machine, counts, available: Optional[int], running: bool = T
     return "\n".join(t.lines) + "\n"
 
 
-def _create(path: str) -> int:
-    """A new file at PATH, never one that is there already (another user's,
-    in a shared directory: removed first). The tempfile module would do, at
-    a megabyte of the daemon's memory."""
+def _create(directory: str) -> "tuple[int, str]":
+    """A new file in DIRECTORY for the next text, never one that is there
+    already (in a shared directory, anyone's): a random name, and another on
+    a clash. The tempfile module would do, at a megabyte of the daemon's memory."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        return os.open(path, flags, 0o644)
-    except FileExistsError:  # left by a daemon killed while writing
-        os.unlink(path)
-        return os.open(path, flags, 0o644)
+    for attempt in range(3):
+        path = os.path.join(directory, f".memonlined-{os.getpid()}-{os.urandom(4).hex()}.prom.tmp")
+        try:
+            return os.open(path, flags, 0o644), path
+        except FileExistsError:
+            if attempt == 2:
+                raise
 
 
 class MetricsFile:
@@ -117,9 +119,8 @@ class MetricsFile:
     def update(self, text: str) -> None:
         if not self.path or text == self._written:
             return
-        tmp = os.path.join(os.path.dirname(self.path), f".memonlined-{os.getpid()}.prom.tmp")
         try:
-            fd = _create(tmp)
+            fd, tmp = _create(os.path.dirname(self.path))
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
                     os.fchmod(f.fileno(), 0o644)

@@ -159,8 +159,8 @@ def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
             # what comes between two writes delays the next one, and a growing
             # virtio-mem device waits for its blocks to be online.
             if time.monotonic() - told_at >= TELL_EVERY:
-                _tell(outcomes[told:])
-                told, told_at = len(outcomes), time.monotonic()
+                chunk, told, told_at = outcomes[told:], len(outcomes), time.monotonic()
+                _tell(chunk)
     finally:
         _tell(outcomes[told:])
     return outcomes

@@ -10,7 +10,7 @@ import threading
 import time
 
 from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
-from fakekernel import FakeKernel, GiB
+from fakekernel import ACPI_MEMORY_BUS, FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all, memonlined
 from memonlined.discover import SystemDataError
 from memonlined import daemon
@@ -543,3 +543,51 @@ def test_blocks_below_one_waiting_for_its_node_link_are_onlined_meanwhile(tmp_pa
     Run(kernel, tmp_path / "run")(script)
     twin.virtio_mem_plug(twin_vm, 256 << 20)
     assert kernel.layout() == kernel_online_all(twin)
+
+
+def test_a_dimm_whose_links_came_only_in_part_is_decided_whole(tmp_path):
+    """Without an E820 table a DIMM's size is its linked blocks: the lower
+    blocks, linked first, must not go ahead of the rest (found in review:
+    they went Movable, the rest Normal; the kernel puts all of it in Normal)."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    twin = FakeKernel(tmp_path / "twin")
+    os.unlink(kernel.root + "/sys/kernel/boot_params/data")
+    twin.add_dimm(16 * GiB)
+    kernel_online_all(twin)
+
+    def script(run):
+        name = run.locked("add_dimm", 16 * GiB, link_firmware_node=False)
+        blocks = sorted(kernel.devices[name].blocks)
+        with run.backend.lock:                         # acpi_bind_memory_blocks() half way
+            for b in blocks[:8]:
+                os.symlink(f"../../../{ACPI_MEMORY_BUS}/{name}",
+                           f"{kernel.root}/sys/devices/system/memory/memory{b}/firmware_node")
+        time.sleep(0.5)
+        assert all(kernel.layout()[b] is None for b in blocks)
+        run.locked("link_firmware_nodes", name)
+        wait_for(lambda: None not in kernel.layout().values())
+
+    Run(kernel, tmp_path / "run")(script)
+    assert kernel.layout() == twin.layout()
+
+
+def test_a_device_warning_is_said_when_its_first_blocks_go_ahead(tmp_path, caplog):
+    """Found in review: the warnings of a batch were dropped while one of its
+    blocks waited for its node link, also those about the blocks decided now."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    vm = kernel.add_virtio_mem(4 * GiB)
+    open(kernel.root + "/dev/kmsg", "w").close()     # its probe lines have left the kernel log
+
+    def script(run):
+        with run.backend.lock:
+            first, second = kernel.virtio_mem_plug(vm, 256 << 20)
+            link = os.path.join(kernel.root, f"sys/devices/system/memory/memory{second}/node0")
+            os.unlink(link)
+        run.monitor.relay()
+        wait_for(lambda: kernel.layout()[first] is not None, 1.0)
+        assert "its virtio_mem probe lines are not in the kernel log" in caplog.text
+        assert "no node link yet" not in caplog.text  # it came in time: nothing to say
+        os.symlink("../../node/node0", link)
+        wait_for(lambda: None not in kernel.layout().values(), 5)
+
+    Run(kernel, tmp_path / "run")(script)

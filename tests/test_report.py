@@ -191,19 +191,22 @@ def test_a_metrics_file_that_cannot_be_written_stops_nothing(tmp_path, caplog):
     assert len(errors) == 1 and path in errors[0]
 
 
-def test_the_metrics_file_never_writes_through_what_lies_at_its_temporary_name(tmp_path):
-    """A stale temporary file (a daemon killed while writing), or a symlink
-    planted in a shared directory: removed, never written through."""
+def test_the_metrics_file_never_writes_through_what_lies_at_its_temporary_name(tmp_path, monkeypatch):
+    """A symlink planted at the temporary file's name (a shared directory):
+    never written through; the next name is taken."""
     from memonlined.metrics import MetricsFile
     path = tmp_path / "memonlined.prom"
     victim = tmp_path / "victim"
     victim.write_text("untouched\n")
-    os.symlink(victim, tmp_path / f".memonlined-{os.getpid()}.prom.tmp")
+    planted = tmp_path / f".memonlined-{os.getpid()}-00000000.prom.tmp"
+    os.symlink(victim, planted)
+    names = iter([b"\0" * 4, b"\1" * 4])
+    monkeypatch.setattr(os, "urandom", lambda n: next(names))
     MetricsFile(str(path)).update("memonlined_running 1\n")
     assert path.read_text() == "memonlined_running 1\n" and not path.is_symlink()
-    assert victim.read_text() == "untouched\n"
+    assert victim.read_text() == "untouched\n" and planted.is_symlink()
     assert oct(path.stat().st_mode & 0o777) == "0o644"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["memonlined.prom", "victim"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["memonlined.prom", "victim", planted.name])
 
 
 def test_metrics_file_must_be_absolute(tmp_path, caplog):
