@@ -14,7 +14,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 from .backend import Backend, block_dir
 from .discover import NO_NODE_YET, Discovery, discover, read_balloons
-from .model import Block, Machine, format_runs
+from .model import DIMM, Block, Machine, format_runs
 from .state import Handled, StateDir
 
 log = logging.getLogger(__name__)
@@ -159,18 +159,24 @@ class Blocks:
         waiting = [i for i in no_node + unlinked if now - seen[i] < LINK_WAIT]
         wait_from = min(waiting, default=None)
         if wait_from is not None:
-            # Only a virtio-mem device's blocks go ahead of one that waits: the
-            # kernel decides them block by block (unit by unit), but a DIMM or
-            # dax device as a whole, and a DIMM's links come after all its blocks.
-            static = [i for i in batch if i < wait_from and i in blocks and not blocks[i].online
-                      and (blocks[i].group is None or not blocks[i].group.dynamic)]
-            wait_from = min(static, default=wait_from)
+            # What may go ahead of a block that waits: a virtio-mem device's
+            # blocks (the kernel decides them block by block, unit by unit),
+            # and a DIMM's once its size is known whole, from /proc/iomem with
+            # the E820 table (its links come after all its blocks, in order:
+            # without the table its size would be the blocks linked so far).
+            held = [i for i in batch if i < wait_from and i in blocks and not blocks[i].online
+                    and not self._may_go_ahead(blocks[i])]
+            wait_from = min(held, default=wait_from)
             # A block's missing link is said only when it is read for good;
             # the rest (a device's unit assumed, say) is said now, once.
             waits = {f"memory{i}: {NO_NODE_YET}" for i in waiting}
             self.machine.warnings[:] = [w for w in self.machine.warnings if w.split(";")[0] not in waits]
         self.log_warnings()
         return Reread(wait_from, no_node)
+
+    def _may_go_ahead(self, block: Block) -> bool:
+        group = block.group
+        return group is not None and (group.dynamic or (group.kind == DIMM and self.found.e820 is not None))
 
     def refresh_balloons(self) -> None:
         self.machine.balloons = read_balloons(self.backend)

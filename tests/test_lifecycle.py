@@ -9,6 +9,8 @@ import signal
 import threading
 import time
 
+import pytest
+
 from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin_step, wait_for
 from fakekernel import ACPI_MEMORY_BUS, FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all, memonlined
@@ -545,13 +547,17 @@ def test_blocks_below_one_waiting_for_its_node_link_are_onlined_meanwhile(tmp_pa
     assert kernel.layout() == kernel_online_all(twin)
 
 
-def test_a_dimm_whose_links_came_only_in_part_is_decided_whole(tmp_path):
+@pytest.mark.parametrize("e820", [True, False])
+def test_a_dimm_whose_links_came_only_in_part_goes_ahead_only_when_its_size_is_known(tmp_path, e820):
     """Without an E820 table a DIMM's size is its linked blocks: the lower
     blocks, linked first, must not go ahead of the rest (found in review:
-    they went Movable, the rest Normal; the kernel puts all of it in Normal)."""
+    they went Movable, the rest Normal; the kernel puts all of it in Normal).
+    With the table its size is its /proc/iomem range: they go ahead, and
+    the layout is still the kernel's."""
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
     twin = FakeKernel(tmp_path / "twin")
-    os.unlink(kernel.root + "/sys/kernel/boot_params/data")
+    if not e820:
+        os.unlink(kernel.root + "/sys/kernel/boot_params/data")
     twin.add_dimm(16 * GiB)
     kernel_online_all(twin)
 
@@ -562,8 +568,11 @@ def test_a_dimm_whose_links_came_only_in_part_is_decided_whole(tmp_path):
             for b in blocks[:8]:
                 os.symlink(f"../../../{ACPI_MEMORY_BUS}/{name}",
                            f"{kernel.root}/sys/devices/system/memory/memory{b}/firmware_node")
-        time.sleep(0.5)
-        assert all(kernel.layout()[b] is None for b in blocks)
+        if e820:
+            wait_for(lambda: all(kernel.layout()[b] == "Normal" for b in blocks[:8]), 2.0)
+        else:
+            time.sleep(0.5)
+        assert all(kernel.layout()[b] is None for b in blocks[8 if e820 else 0:])
         run.locked("link_firmware_nodes", name)
         wait_for(lambda: None not in kernel.layout().values())
 
