@@ -7,7 +7,9 @@
    kernel with the fake monitor, in-process: for every block, the time from
    its add uevent reaching the monitor to its state write. Median and p99,
    with the default settle window.
-2. Footprint: the real command (`memonlined run --dry-run` on a fake tree,
+2. What memonlined's own code holds after start-up and after a 1 TiB burst
+   (tracemalloc, in-process: the fake kernel shares the process).
+3. Footprint: the real command (`memonlined run --dry-run` on a fake tree,
    with the real pyudev monitor) in its own process: resident memory after
    start-up, and its wake-ups while idle (context switches over 10 s, with
    and without a watchdog).
@@ -99,6 +101,39 @@ def latency(root: str) -> None:
     print(f"  writes follow each other every {per_block:.3f} ms (reading the block, deciding, writing, logging)")
 
 
+def after_burst(root: str) -> None:
+    """What memonlined's own code holds (tracemalloc, by file) after start-up
+    and after a 1 TiB burst (128 DIMMs of 8 GiB, 8192 blocks), in-process on
+    the fake kernel: the fake kernel's memory is in the same process, so the
+    resident size would not tell; the Python heap by file does."""
+    import tracemalloc
+    kernel = FakeKernel(root, policy="contig-zones", boot_ram=((0, 2 * GiB), (4 * GiB, 14 * GiB)))
+    backend = InstantBackend(root)
+    backend.written = {}
+    held = {}
+
+    def ours() -> int:
+        snap = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(True, "*/memonlined/*")])
+        return sum(stat.size for stat in snap.statistics("filename"))
+
+    def play(run):
+        held["start"] = ours()
+        with kernel.batch():
+            for _ in range(128):
+                kernel.add_dimm(8 * GiB)
+        run.monitor.relay()
+        while len(backend.written) < 8192:
+            time.sleep(0.05)
+        time.sleep(0.5)  # the batch's figures and state file
+        held["burst"] = ours()
+
+    tracemalloc.start()
+    Run(kernel, os.path.join(root, "run"), settings=Config(), backend=backend)(play)
+    tracemalloc.stop()
+    print(f"memonlined's own Python memory (tracemalloc): {held['start'] / (1 << 20):.2f} MiB after start-up, "
+          f"{held['burst'] / (1 << 20):.2f} MiB after a 1 TiB burst (8192 blocks onlined and in the model)")
+
+
 def footprint(root: str) -> None:
     FakeKernel(os.path.join(root, "tree"))
     for watchdog in (0, 30_000_000):
@@ -127,6 +162,8 @@ def footprint(root: str) -> None:
 def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         latency(root)
+    with tempfile.TemporaryDirectory() as root:
+        after_burst(root)
     with tempfile.TemporaryDirectory() as root:
         footprint(root)
 

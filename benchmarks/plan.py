@@ -60,7 +60,8 @@ def main() -> None:
             assert all(n == blocks for _, n in runs), runs
             results[blocks] = statistics.median(t for t, _ in runs)
             print(f"{blocks:6d} offline blocks ({blocks // 8} GiB, {NODES} nodes): "
-                  f"median {results[blocks]:.3f} s over 5 runs (min {min(t for t, _ in runs):.3f} s); "
+                  f"median {results[blocks]:.3f} s over 5 runs (min {min(t for t, _ in runs):.3f} s, "
+                  f"max {max(t for t, _ in runs):.3f} s); "
                   f"tree built in {built:.1f} s")
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"16384 / 4096 time ratio: {results[16384] / results[4096]:.2f} (goal: at most 4.5)")
