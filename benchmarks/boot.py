@@ -21,6 +21,10 @@ onlines memory. Cases, interleaved, N guests each:
   the boot, timed; then `python3 -c pass` (the interpreter's own start).
 
 Prints medians with their range, writes benchmarks/boot-results.json.
+BOOT_JOURNAL=1 also prints where the time went: the ready cases' journal
+lines (monotonic time), and for the one-shot a cold `python3 -c pass`,
+`-X importtime` of memonlined.cli cold and warm, and a cProfile of
+`memonlined online --dry-run`.
 """
 import argparse
 import glob
