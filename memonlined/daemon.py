@@ -290,7 +290,7 @@ class Daemon:
                     self.ready = True
                     log.info("ready: %s", self.status())
                     self._loop()
-                if self.pending:  # added, read again later, and then the stop came
+                if self.pending:  # added (or left by a batch the stop cut short), not decided
                     left = sorted(self.pending.take())
                     log.warning("stopping before %d added blocks were decided (%s): they stay offline until "
                                 "memonlined starts again", len(left), format_runs(left))
@@ -442,11 +442,10 @@ class Daemon:
                     self.blocks.handled.mark(index, machine.blocks[index].instance)
         for _, _, result in results:
             self.counts[{FAILED: "failed", ALREADY_ONLINE: "conflicts"}.get(result, "onlined")] += 1
-        if self.signals.stopping:
+        if self.signals.stopping:  # what the stop left offline is said with the rest of the pending (run())
             left = [i for i in indexes if machine.blocks.get(i) is not None and not machine.blocks[i].online]
-            if left:
-                log.warning("stopping before %d blocks were decided (%s): they stay offline until "
-                            "memonlined starts again", len(left), format_runs(left))
+            now = time.monotonic()
+            self.pending.put_back({i: now for i in left}, 0.0, now)
         self.blocks.save()
 
     def _go_on(self, block) -> bool:
