@@ -22,7 +22,9 @@ debootstrap --variant=minbase \
     --include=systemd-sysv,udev,python3,python3-pyudev,python3-systemd,procps,kmod,linux-image-amd64,initramfs-tools \
     "$SUITE" "$ROOT.tmp" "$MIRROR" || die "debootstrap $SUITE"
 # Debian's 7.x kernels have their image in /usr/lib/modules/V/vmlinuz (linux-binary-V).
-ls "$ROOT.tmp"/boot/vmlinuz-* "$ROOT.tmp"/usr/lib/modules/*/vmlinuz 2>/dev/null | grep -q . || die "no kernel in the root"
+# (compgen, not ls | grep: under pipefail ls fails for the layout a suite lacks.)
+compgen -G "$ROOT.tmp/boot/vmlinuz-*" >/dev/null || compgen -G "$ROOT.tmp/usr/lib/modules/*/vmlinuz" >/dev/null ||
+    die "no kernel in the root"
 ls "$ROOT.tmp"/boot/initrd.img-* >/dev/null || die "no initrd in the root"
 echo "/dev/vda / ext4 defaults 0 1" >"$ROOT.tmp/etc/fstab"
 echo memonlined-e2e >"$ROOT.tmp/etc/hostname"
