@@ -95,7 +95,7 @@ oneshot)
     a=$(now); python3 -c pass; b=$(now)
     echo "cold python3 -c pass: $a $b"
     sync; echo 3 > /proc/sys/vm/drop_caches
-    INVOCATION_ID=x python3 -X importtime -c 'import memonlined.cli, systemd.journal' 2>&1 | sort -t'|' -k1.13,1.24n | tail -n 40
+    INVOCATION_ID=x python3 -X importtime -c 'import memonlined.cli, memonlined.notify' 2>&1 | sort -t'|' -k1.13,1.24n | tail -n 40
     python3 -X importtime -c 'import memonlined.cli' 2>&1 | sort -t'|' -k2 -n | tail -n 12
     python3 -c 'import cProfile, sys; from memonlined.cli import main; sys.argv[1:] = ["online", "--dry-run"]; cProfile.run("main()", sort="cumtime")' 2>/dev/null | head -n 45
     echo "E2E-JOURNAL-END"

@@ -5,10 +5,11 @@ the same relative paths (recorded by `memonlined capture`, or built by the
 tests' fake kernel). Paths given to it are relative ("sys/...", "proc/...").
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import stat
-from typing import Dict, List, Optional
 
 from .parse import PAGE_SIZE
 
@@ -48,7 +49,7 @@ def block_dir(index: int) -> str:
     return f"{MEMORY}/memory{index}"
 
 
-def numbered(name: str, prefix: str) -> Optional[int]:
+def numbered(name: str, prefix: str) -> int | None:
     """N of a sysfs name PREFIX<N> (memory48, node1); None for any other name."""
     rest = name[len(prefix):]
     return int(rest) if name.startswith(prefix) and rest.isdigit() else None
@@ -62,7 +63,7 @@ class Backend:
     def __init__(self, root: str = "/"):
         self.root = os.path.abspath(root)
         self._prefix = self.root.rstrip("/") + "/"
-        self._memory_fd: Optional[int] = None  # sys/devices/system/memory, opened beneath the root
+        self._memory_fd: int | None = None  # sys/devices/system/memory, opened beneath the root
 
     def path(self, rel: str) -> str:
         return self._prefix + rel  # REL is relative: beneath the root (and cheaper than os.path.join)
@@ -95,14 +96,14 @@ class Backend:
         with open(self.path(rel), "rb") as f:
             return f.read()
 
-    def readlink(self, rel: str) -> Optional[str]:
+    def readlink(self, rel: str) -> str | None:
         """The target of a symlink, or None where there is none."""
         try:
             return os.readlink(self.path(rel))
         except OSError:
             return None
 
-    def listdir(self, rel: str) -> List[str]:
+    def listdir(self, rel: str) -> list[str]:
         try:
             return os.listdir(self.path(rel))
         except (FileNotFoundError, NotADirectoryError):
@@ -111,17 +112,17 @@ class Backend:
     def exists(self, rel: str) -> bool:
         return os.path.lexists(self.path(rel))
 
-    def block_indexes(self) -> List[int]:
+    def block_indexes(self) -> list[int]:
         """The indexes of all memory block directories, ascending."""
         indexes = (numbered(name, "memory") for name in self.listdir(MEMORY))
         return sorted(i for i in indexes if i is not None)
 
-    def block_node(self, index: int) -> Optional[int]:
+    def block_node(self, index: int) -> int | None:
         """The node of a block, from its nodeK link (absent for a moment after add)."""
         nodes = (numbered(name, "node") for name in self.listdir(block_dir(index)))
         return next((n for n in nodes if n is not None), None)
 
-    def node_blocks(self) -> Dict[int, int]:
+    def node_blocks(self) -> dict[int, int]:
         """Block index -> node, from the nodeK/memoryN links: one listing per
         node instead of one per block. Blocks missing here (a tree recorded
         without node directories) are looked up with block_node()."""
@@ -135,7 +136,7 @@ class Backend:
                         out[index] = node
         return out
 
-    def kernel_log(self) -> List[str]:
+    def kernel_log(self) -> list[str]:
         """The kernel log's records. /dev/kmsg is read record by record until
         EAGAIN; in a captured tree it is a plain file, one record a line."""
         path = self.path(KMSG)
@@ -162,7 +163,7 @@ class Backend:
             os.close(fd)
         return records
 
-    def instance(self, rel: str) -> Optional[int]:
+    def instance(self, rel: str) -> int | None:
         """What tells one instance of a sysfs directory from the next one at the
         same path: its inode number (kernfs numbers nodes without reuse, on
         64-bit kernels for the whole boot). None when it is gone."""
@@ -171,7 +172,7 @@ class Backend:
         except OSError:
             return None
 
-    def block_instance(self, index: int) -> Optional[int]:
+    def block_instance(self, index: int) -> int | None:
         return self.instance(block_dir(index))
 
     def page_size(self, zoneinfo=()) -> int:
@@ -189,13 +190,13 @@ class Backend:
             pass
         return PAGE_SIZE
 
-    def boot_id(self) -> Optional[str]:
+    def boot_id(self) -> str | None:
         try:
             return self.read(BOOT_ID).strip() or None
         except OSError:
             return None
 
-    def _open_beneath(self, rel: str, flags: int, dir_fd: Optional[int] = None) -> int:
+    def _open_beneath(self, rel: str, flags: int, dir_fd: int | None = None) -> int:
         """Open REL under the root (or under DIR_FD) following no symlink on
         the way: O_NOFOLLOW alone guards only the last component."""
         fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) if dir_fd is None else os.dup(dir_fd)
@@ -211,7 +212,7 @@ class Backend:
         finally:
             os.close(fd)
 
-    def _open_attribute(self, rel: str, dir_fd: Optional[int] = None) -> int:
+    def _open_attribute(self, rel: str, dir_fd: int | None = None) -> int:
         """A sysfs attribute for writing: a regular file beneath the root (a
         FIFO or device node planted in a tree would hang the daemon or take
         the write)."""

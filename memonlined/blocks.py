@@ -7,10 +7,12 @@ block is read with its instance (its sysfs directory's inode number) taken
 never the other way round.
 """
 
+from __future__ import annotations
+
+import collections
 import copy
 import logging
 import time
-from typing import Dict, List, NamedTuple, Optional
 
 from .backend import Backend, block_dir
 from .discover import NO_NODE_YET, Discovery, discover, read_balloons
@@ -28,13 +30,12 @@ LINK_WAIT = 2.0
 BALLOON_RECHECK = 10.0
 
 
-class Reread(NamedTuple):
+class Reread(collections.namedtuple("Reread", "wait_from no_node")):
     """A batch read again. WAIT_FROM: the lowest block that may still get its
     links within LINK_WAIT of its add (it and those above it are read again
     soon; those below are complete), None: none; NO_NODE: blocks that have no
     node link yet, however long it took (never decided without it)."""
-    wait_from: Optional[int]
-    no_node: List[int]
+    __slots__ = ()
 
 
 class Blocks:
@@ -48,13 +49,13 @@ class Blocks:
         record = state.load(FACTS)
         # What every discovery of this daemon learned (Discovery.facts).
         self.facts: dict = record.get("facts", {}) if record and isinstance(record.get("facts"), dict) else {}
-        self._saved_facts: Optional[dict] = None
-        self.machine: Optional[Machine] = None
-        self.found: Optional[Discovery] = None
+        self._saved_facts: dict | None = None
+        self.machine: Machine | None = None
+        self.found: Discovery | None = None
         self.layout_stale = True  # /proc/iomem must be read again before the next batch
         self.balloons_at = 0.0  # when a batch reads the balloons again (discover() reads them too)
 
-    def scan(self) -> List[int]:
+    def scan(self) -> list[int]:
         """Read everything. Returns the offline blocks that are ours to
         online: all of them at the first start in a boot; after a restart or
         lost events, those not handled before (an offline block handled
@@ -93,7 +94,7 @@ class Blocks:
         `udevadm trigger`, or a repeat: not new memory)?"""
         return self.handled.same(index, self.backend.block_instance(index))
 
-    def refresh(self, index: int) -> Optional[Block]:
+    def refresh(self, index: int) -> Block | None:
         """Re-read one block and move the model's accounting to what it says."""
         machine = self.machine
         old = machine.blocks.pop(index, None)
@@ -135,7 +136,7 @@ class Blocks:
             self.machine.drop_group(group.name)
             self.found.forget_device(group.name)
 
-    def reread(self, seen: Dict[int, float], balloons: bool = False) -> Reread:
+    def reread(self, seen: dict[int, float], balloons: bool = False) -> Reread:
         """Read the blocks of a batch again (SEEN: block -> when its add came);
         BALLOONS: the balloons too, however recently they were read."""
         batch = sorted(seen)

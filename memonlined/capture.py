@@ -6,9 +6,11 @@ directory is created afresh (O_EXCL, no symlink followed), so nothing
 planted in OUT can turn a capture by root into a write elsewhere.
 """
 
+from __future__ import annotations
+
 import os
 import stat
-from typing import Iterator
+from collections.abc import Iterator
 
 from .backend import (ACPI_DEVICES, AUTO_ONLINE, BLOCK_FILES, BOOT_ID, BOOT_PARAMS, DAX_DEVICES, Backend,
                       FIRMWARE_MEMMAP, HV_BALLOON_DRIVER, IOMEM, KMSG, MEMINFO, MEMORY, NODE, OSRELEASE,

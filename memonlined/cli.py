@@ -6,12 +6,13 @@ Exit codes: 0 success; 1 partial failure (some block could not be onlined);
 as /proc/zoneinfo missing or garbled: nothing was written).
 """
 
+from __future__ import annotations
+
 import argparse
 import copy
 import logging
 import os
 import sys
-from typing import List, Optional
 
 from . import __version__
 from .backend import DAX_DEVICES, Backend, PARAMETERS
@@ -67,18 +68,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def stderr_handler() -> logging.Handler:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("memonlined: %(levelname)s: %(message)s"))
+    return handler
+
+
 def setup_logging(level: str) -> None:
     """The journal with structured fields under systemd; stderr otherwise."""
     handler = None
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
+        from .notify import JournalHandler
         try:
-            from systemd.journal import JournalHandler
-            handler = JournalHandler(SYSLOG_IDENTIFIER="memonlined")
-        except ImportError:
+            handler = JournalHandler("memonlined")
+        except OSError:  # no journald listening
             pass
     if handler is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("memonlined: %(levelname)s: %(message)s"))
+        handler = stderr_handler()
     # On memonlined's own logger, replacing the one an earlier main() set up
     # (the tests call main() many times); records still reach the root.
     logger = logging.getLogger("memonlined")
@@ -89,7 +95,7 @@ def setup_logging(level: str) -> None:
     logger.setLevel(level.upper())
 
 
-def main(argv: Optional[List[str]] = None, backend: Optional[Backend] = None, monitor=None,
+def main(argv: list[str] | None = None, backend: Backend | None = None, monitor=None,
          notifier=None) -> int:
     """The composition root. BACKEND replaces the one --root would build (the
     tests' fake kernel), MONITOR the uevent source, NOTIFIER systemd's."""
@@ -177,9 +183,9 @@ def cmd_online(backend: Backend, machine: Machine, settings: Settings, dry_run: 
     return EXIT_PARTIAL if any(o.result == FAILED for o in outcomes) else EXIT_OK
 
 
-def _ranges(machine: Machine, choices: dict) -> List[dict]:
+def _ranges(machine: Machine, choices: dict) -> list[dict]:
     """Blocks merged into lsmem-style ranges of equal state, zone, node and device."""
-    rows: List[dict] = []
+    rows: list[dict] = []
     for index in sorted(machine.blocks):
         b = machine.blocks[index]
         key = (b.state, b.zone, b.node, b.device, choices.get(index))
@@ -198,7 +204,7 @@ def _ranges(machine: Machine, choices: dict) -> List[dict]:
     return out
 
 
-def _nodes(machine: Machine, settings: Settings, devices, available: Optional[int]) -> List[dict]:
+def _nodes(machine: Machine, settings: Settings, devices, available: int | None) -> list[dict]:
     """Per node: the ratio's counters as they are (before the planner's
     what-if) and what of its hot-plugged memory could be given back."""
     mib = lambda pages: pages * machine.page_size >> 20  # noqa: E731
@@ -280,7 +286,7 @@ def cmd_status(backend: Backend, machine: Machine, settings: Settings, as_json: 
     return EXIT_OK
 
 
-def _print_table(ranges: List[dict]) -> None:
+def _print_table(ranges: list[dict]) -> None:
     header = ("RANGE", "SIZE", "STATE", "BLOCK", "ZONE", "NODE", "DEVICE", "WOULD GET")
     rows = [(r["range"], r["size"], r["state"], r["block"], r["zones"] or "-", str(r["node"]),
              r["device"], r["choice"] or "") for r in ranges]
@@ -350,8 +356,8 @@ def run_daemon(backend: Backend, settings: config.Config, load_settings, args, m
     return daemon.run()
 
 
-def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, config_path: Optional[str],
-               taken_over: Optional[str] = None) -> int:
+def cmd_doctor(backend: Backend, machine: Machine, settings: config.Config, config_path: str | None,
+               taken_over: str | None = None) -> int:
     """TAKEN_OVER: what auto_online_blocks was before a memonlined of this boot set it to offline."""
     params = machine.kernel_params
     mode, why = resolve_mode("online_policy" in params, settings)

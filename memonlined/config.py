@@ -4,12 +4,14 @@ whose keys can each be overridden on the command line.
 Errors are ConfigError with one line naming the file, the key and what was expected.
 """
 
+from __future__ import annotations
+
 import configparser
 import logging
 import os
 import stat
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from collections.abc import Callable
 
 from .model import DAX, DIMM, VIRTIO_MEM
 from .policy import OTHER, ZONE_POLICIES, Settings
@@ -80,7 +82,7 @@ class Key:
 
 
 # Every key of the file; each is also a command-line option (--numa-aware for numa_aware).
-KEYS: Dict[str, Key] = {
+KEYS: dict[str, Key] = {
     "policy": Key("policy", _choice(*ZONE_POLICIES), "|".join(ZONE_POLICIES),
                   "how to pick the zone: the kernel's ratio policy, or all Movable, or all kernel"),
     "ratio": Key("policy", _int_range(0, 100000), "PERCENT",
@@ -121,13 +123,13 @@ def parse_override(key: str, value: str, where: str) -> "tuple[str, str]":
     return key, value
 
 
-def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Config:
+def load(path: str | None, cli: dict[str, str], cli_overrides=()) -> Config:
     """The configuration from the file at PATH (None: the default path, which may be missing)
     with the command line's values on top."""
     explicit = path is not None
     path = path or DEFAULT_PATH
-    values: Dict[str, object] = {}
-    overrides: Dict[str, str] = {}
+    values: dict[str, object] = {}
+    overrides: dict[str, str] = {}
     if os.path.exists(path) or explicit:
         _read_file(path, values, overrides)
     for name, text in cli.items():
@@ -144,7 +146,7 @@ def load(path: Optional[str], cli: Dict[str, str], cli_overrides=()) -> Config:
     return Config(overrides=overrides, **values)
 
 
-def _read_file(path: str, values: Dict[str, object], overrides: Dict[str, str]) -> None:
+def _read_file(path: str, values: dict[str, object], overrides: dict[str, str]) -> None:
     # ":" appears in device names (PNP0C80:00), so only "=" separates; keep case.
     # "value  # why" is a comment after the value (no value holds a "#").
     parser = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#", ";"),

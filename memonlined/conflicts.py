@@ -1,10 +1,12 @@
 """Other onliners: udev rules that write memory block state (KERNEL-NOTES 5),
 and daxctl set up to online the memory of the dax devices it reconfigures."""
 
+from __future__ import annotations
+
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterator, List, Tuple, Union
+from collections.abc import Iterator
 
 from .backend import Backend
 
@@ -35,7 +37,7 @@ class RuleConflict:
                 f"disable it with: ln -s /dev/null /etc/udev/rules.d/{name}")
 
 
-def _effective_rules(backend: Backend) -> Iterator[Tuple[str, str]]:
+def _effective_rules(backend: Backend) -> Iterator[tuple[str, str]]:
     """(path, text) of the udev rule files in effect. A file in /etc or /run
     masks one of the same name in /usr/lib or /lib, as udev does; a link to
     /dev/null disables it."""
@@ -53,12 +55,12 @@ def _effective_rules(backend: Backend) -> Iterator[Tuple[str, str]]:
             continue
 
 
-def find_udev_rules(backend: Backend) -> List[RuleConflict]:
+def find_udev_rules(backend: Backend) -> list[RuleConflict]:
     """Rules in effect that write memory block state."""
     return _rule_conflicts(_effective_rules(backend))
 
 
-def _rule_conflicts(rules) -> List[RuleConflict]:
+def _rule_conflicts(rules) -> list[RuleConflict]:
     found = []
     for rel, text in rules:
         about_memory = bool(_MEMORY.search(text))
@@ -96,7 +98,7 @@ def _false(value: str) -> bool:
     return value[:1] in ("f", "F", "n", "N", "0")
 
 
-def _daxctl_conflicts(backend: Backend, rules) -> List[DaxctlConflict]:
+def _daxctl_conflicts(backend: Backend, rules) -> list[DaxctlConflict]:
     """daxctl configuration sections that turn a dax device into system RAM
     and online it, when a udev rule in RULES has daxctl act on them."""
     if not any(_DAXCTL_CHECK_CONFIG.search(text) for _, text in rules):
@@ -127,7 +129,7 @@ def _daxctl_conflicts(backend: Backend, rules) -> List[DaxctlConflict]:
     return found
 
 
-def find_conflicts(backend: Backend) -> List[Union[RuleConflict, DaxctlConflict]]:
+def find_conflicts(backend: Backend) -> list[RuleConflict | DaxctlConflict]:
     """Every other onliner: udev rules, then daxctl configuration."""
     rules = list(_effective_rules(backend))  # each rule file read once
     return [*_rule_conflicts(rules), *_daxctl_conflicts(backend, rules)]

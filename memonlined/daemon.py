@@ -8,13 +8,14 @@ kept up to date from sysfs), TakeOver (auto_online_blocks, always put
 back), Signals (flags only), and notify.py's Systemd and Watchdog.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import selectors
 import signal
 import socket
 import time
-from typing import Dict, Optional
 
 from . import report
 from .backend import AUTO_ONLINE, Backend, numbered
@@ -54,8 +55,8 @@ class Pending:
 
     def __init__(self, settle: float):
         self.settle = settle
-        self.seen: Dict[int, float] = {}    # block -> when its add came
-        self.deadline: Optional[float] = None
+        self.seen: dict[int, float] = {}    # block -> when its add came
+        self.deadline: float | None = None
 
     def add(self, index: int, now: float) -> None:
         if self.deadline is None:
@@ -74,11 +75,11 @@ class Pending:
     def due(self, now: float) -> bool:
         return self.deadline is not None and now >= self.deadline
 
-    def take(self) -> "Dict[int, float]":
+    def take(self) -> "dict[int, float]":
         batch, self.seen, self.deadline = self.seen, {}, None
         return batch
 
-    def put_back(self, batch: "Dict[int, float]", after: float, now: float) -> None:
+    def put_back(self, batch: "dict[int, float]", after: float, now: float) -> None:
         self.seen.update(batch)
         deadline = now + after
         self.deadline = deadline if self.deadline is None else min(self.deadline, deadline)
@@ -93,9 +94,9 @@ class TakeOver:
 
     def __init__(self, backend: Backend, writer: Writer, state: StateDir, enabled: bool):
         self.backend, self.writer, self.state, self.enabled = backend, writer, state, enabled
-        self.original: Optional[str] = None  # what to put back; None: nothing taken over
+        self.original: str | None = None  # what to put back; None: nothing taken over
 
-    def _current(self) -> Optional[str]:
+    def _current(self) -> str | None:
         try:
             value = self.backend.read(AUTO_ONLINE).strip()
         except OSError:
@@ -219,7 +220,7 @@ class DriverWait:
     def __init__(self, backend: Backend, unbound, start: float):
         self.backend, self.unbound, self.start = backend, unbound, start
         self.links_until, self.settle_until = start + LINK_WAIT + Pending.RETRY, start
-        self.registered_at: Optional[float] = None
+        self.registered_at: float | None = None
         if unbound:
             log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
                      "before READY", ", ".join(unbound), DRIVER_WAIT)
@@ -246,8 +247,8 @@ class Daemon:
     """`memonlined run`: onlines the blocks offline at start (before READY=1),
     then every block added, in batches, until a stop signal."""
 
-    def __init__(self, backend: Backend, settings: Config, monitor, *, reload, notifier: Optional[Systemd] = None,
-                 state_dir: Optional[str] = "/run/memonlined", dry_run: bool = False, kernel_mode: bool = False):
+    def __init__(self, backend: Backend, settings: Config, monitor, *, reload, notifier: Systemd | None = None,
+                 state_dir: str | None = "/run/memonlined", dry_run: bool = False, kernel_mode: bool = False):
         self.backend, self.settings, self.monitor = backend, settings, monitor
         self.reload_settings = reload
         self.notifier = notifier or Systemd({})
@@ -256,14 +257,14 @@ class Daemon:
         # A dry run remembers nothing: the next real run must not take its
         # would-be onlined blocks for blocks an administrator offlined.
         self.state = StateDir(None if dry_run else state_dir, backend.boot_id())
-        self.blocks: Optional[Blocks] = None
+        self.blocks: Blocks | None = None
         self.pending = Pending(settings.settle_ms / 1000)
         self.signals = Signals()
         self.watchdog = Watchdog(self.notifier)
         self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
         self.reporter = Reporter(backend, None if dry_run else _metrics_path(settings), self.counts)
         self.ready = False
-        self.rescan_at: Optional[float] = None  # a failed rescan is tried again
+        self.rescan_at: float | None = None  # a failed rescan is tried again
         self._finishing = None  # the static group a stop lets finish
 
     def run(self) -> int:
@@ -492,7 +493,7 @@ class Daemon:
             self.kernel_mode = False
 
 
-def _metrics_path(settings: Config) -> Optional[str]:
+def _metrics_path(settings: Config) -> str | None:
     return None if settings.metrics_file == "off" else settings.metrics_file
 
 

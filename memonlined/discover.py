@@ -10,11 +10,13 @@ reconstructed here (KERNEL-NOTES section 4):
   and no driver manages it; without an E820 table, when it has no device.
 """
 
+from __future__ import annotations
+
 import bisect
+import collections
 import logging
 import os
 import re
-from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 from .backend import (ACPI_DEVICES, BOOT_PARAMS, Backend, HV_BALLOON_DRIVER, IOMEM, MEMINFO, MEMORY, OSRELEASE,
                       PARAMETERS, SETUP_DATA, VIRTIO_DEVICES, VIRTIO_MEM_DRIVER, VMSTAT, VMW_BALLOON,
@@ -47,22 +49,20 @@ def _read_global(backend: Backend, rel: str, parse):
         raise SystemDataError(f"{backend.path(rel)}: {e}") from None
 
 
-def _read_optional(backend: Backend, rel: str) -> Optional[str]:
+def _read_optional(backend: Backend, rel: str) -> str | None:
     try:
         return backend.read(rel).strip()
     except OSError:
         return None
 
 
-class DriverRange(NamedTuple):
-    """A virtio-mem or dax/kmem device's region in /proc/iomem."""
-    start: int
-    end: int        # exclusive
-    name: str       # virtioN, daxX.Y
-    kind: str       # VIRTIO_MEM or DAX
+class DriverRange(collections.namedtuple("DriverRange", "start end name kind")):
+    """A virtio-mem or dax/kmem device's region in /proc/iomem: START, END
+    (exclusive), NAME (virtioN, daxX.Y), KIND (VIRTIO_MEM or DAX)."""
+    __slots__ = ()
 
 
-def driver_resources(roots: List[Resource]) -> List[DriverRange]:
+def driver_resources(roots: list[Resource]) -> list[DriverRange]:
     """The virtio-mem and dax/kmem regions, sorted.
     virtio-mem regions are top-level; dax/kmem ones sit under their parent
     ("Soft Reserved", a namespace), so the whole tree is searched."""
@@ -79,19 +79,19 @@ def driver_resources(roots: List[Resource]) -> List[DriverRange]:
     return sorted(out)
 
 
-def _find(ranges: List[Tuple], starts: List[int], addr: int) -> Optional[Tuple]:
+def _find(ranges: list[tuple], starts: list[int], addr: int) -> tuple | None:
     i = bisect.bisect_right(starts, addr) - 1
     if i >= 0 and addr < ranges[i][1]:
         return ranges[i]
     return None
 
 
-def _overlaps(ranges: List[Tuple[int, int]], starts: List[int], start: int, end: int) -> bool:
+def _overlaps(ranges: list[tuple[int, int]], starts: list[int], start: int, end: int) -> bool:
     i = bisect.bisect_right(starts, end - 1) - 1
     return i >= 0 and ranges[i][1] > start
 
 
-def read_block_files(backend: Backend, index: int, node: Optional[int] = None):
+def read_block_files(backend: Backend, index: int, node: int | None = None):
     """(state, valid_zones, node) of one block. Raises OSError (gone or
     unreadable) or ParseError (garbled); the caller says which file."""
     d = block_dir(index)
@@ -113,21 +113,21 @@ class Discovery:
     virtio_mem probes) that classifying a block needs, so that the daemon
     can re-read single blocks without discovering everything again."""
 
-    def __init__(self, backend: Backend, machine: Machine, facts: Optional[dict] = None):
+    def __init__(self, backend: Backend, machine: Machine, facts: dict | None = None):
         self.backend = backend
         self.machine = machine
         # What was learned in this boot, kept by the daemon in its state
         # directory: virtio-mem units ({"virtio-mem": {name: fact}}: the
         # kernel log wraps) and, without an E820 table, the boot blocks.
         self.facts = facts if facts is not None else {}
-        self.boot_blocks: Set[int] = set()
-        self.e820: Optional[List[Tuple[int, int]]] = None
-        self.drivers: List[DriverRange] = []
-        self.hotplug_ram: List[Tuple[int, int]] = []  # [start, end) of top-level System RAM not in E820
+        self.boot_blocks: set[int] = set()
+        self.e820: list[tuple[int, int]] | None = None
+        self.drivers: list[DriverRange] = []
+        self.hotplug_ram: list[tuple[int, int]] = []  # [start, end) of top-level System RAM not in E820
         self.probes = {}
-        self._driver_starts: List[int] = []
-        self._e820_starts: List[int] = []
-        self._ram_starts: List[int] = []
+        self._driver_starts: list[int] = []
+        self._e820_starts: list[int] = []
+        self._ram_starts: list[int] = []
 
     def read_layout(self) -> None:
         """(Re)read /proc/iomem, and the boot E820 table once. Raises SystemDataError."""
@@ -174,7 +174,7 @@ class Discovery:
         # Of a log of thousands of records only the driver's few are parsed.
         self.probes = parse_virtio_mem_probes([kmsg_message(r) for r in self.backend.kernel_log() if "virtio_mem " in r])
 
-    def read_block(self, index: int, node: Optional[int] = None) -> Optional[Block]:
+    def read_block(self, index: int, node: int | None = None) -> Block | None:
         """Read and classify one block; None (with a warning where worth one)
         when it is gone, unreadable or garbled. NODE: its node if known."""
         machine = self.machine
@@ -284,8 +284,8 @@ class Discovery:
         """A DIMM's max_pages is the whole device, boot parts included
         (acpi_memhotplug.c): its linked blocks, or more where its /proc/iomem
         range says so (links that are not all there yet)."""
-        pages: Dict[str, int] = {}
-        ranges: Dict[str, set] = {}
+        pages: dict[str, int] = {}
+        ranges: dict[str, set] = {}
         for block in self.machine.blocks.values():
             group = block.group
             if group is not None and group.kind == DIMM:
@@ -304,7 +304,7 @@ VIRTIO_ID_BALLOON = "0x0005"
 VIRTIO_ID_MEM = "0x0018"
 
 
-def _virtio_devices(backend: Backend, device_id: str, bound: bool) -> List[str]:
+def _virtio_devices(backend: Backend, device_id: str, bound: bool) -> list[str]:
     """The virtio devices of DEVICE_ID whose driver is (BOUND) or is not bound."""
     names = []
     for name in backend.listdir(VIRTIO_DEVICES):
@@ -317,13 +317,13 @@ def _virtio_devices(backend: Backend, device_id: str, bound: bool) -> List[str]:
     return sorted(names)
 
 
-def unbound_virtio_mem(backend: Backend) -> List[str]:
+def unbound_virtio_mem(backend: Backend) -> list[str]:
     """virtio-mem devices whose driver is not bound yet: at boot udev loads
     virtio_mem while memonlined starts, and the device's memory comes then."""
     return _virtio_devices(backend, VIRTIO_ID_MEM, bound=False)
 
 
-def memory_now(backend: Backend) -> Dict[str, int]:
+def memory_now(backend: Backend) -> dict[str, int]:
     """MemTotal and MemAvailable in bytes ({} when proc/meminfo is unreadable)."""
     try:
         info = parse_meminfo(backend.read(MEMINFO))
@@ -332,7 +332,7 @@ def memory_now(backend: Backend) -> Dict[str, int]:
         return {}
 
 
-def read_balloons(backend: Backend) -> List[Balloon]:
+def read_balloons(backend: Backend) -> list[Balloon]:
     """The balloon drivers bound now. Whether balloon pages migrate is
     /proc/vmstat's balloon_migrate, there exactly when the kernel has balloon
     compaction (CONFIG_BALLOON_COMPACTION, BALLOON_MIGRATION in 7.x), which
@@ -351,7 +351,7 @@ def read_balloons(backend: Backend) -> List[Balloon]:
         return []
 
 
-def _read_balloons(backend: Backend) -> List[Balloon]:
+def _read_balloons(backend: Backend) -> list[Balloon]:
     try:
         vmstat = parse_vmstat(backend.read(VMSTAT))
     except (OSError, ParseError):
@@ -376,7 +376,7 @@ def virtio_mem_driver(backend: Backend) -> bool:
     return backend.exists(VIRTIO_MEM_DRIVER)
 
 
-def read_kernel_params(backend: Backend) -> Dict[str, str]:
+def read_kernel_params(backend: Backend) -> dict[str, str]:
     """The memory_hotplug module's parameters (5.15+: the kernel's own policy)."""
     params = {}
     for name in backend.listdir(PARAMETERS):
@@ -386,7 +386,7 @@ def read_kernel_params(backend: Backend) -> Dict[str, str]:
     return params
 
 
-def discover(backend: Backend, facts: Optional[dict] = None) -> Discovery:
+def discover(backend: Backend, facts: dict | None = None) -> Discovery:
     """Read everything the policy needs. FACTS: what an earlier discovery of
     this boot learned about devices (Discovery.facts). Raises SystemDataError
     on bad global data; a bad block is skipped with a warning in

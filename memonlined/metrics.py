@@ -8,10 +8,11 @@ reads half of it; it carries no timestamp (node_exporter exports the
 file's mtime).
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import time
-from typing import List, Optional
 
 from . import report
 from .discover import memory_now
@@ -34,7 +35,7 @@ def _labels(**labels) -> str:
 
 class _Text:
     def __init__(self):
-        self.lines: List[str] = []
+        self.lines: list[str] = []
 
     def family(self, name: str, kind: str, help_text: str, samples) -> None:
         """SAMPLES: (labels dict, value); a family without samples is left out."""
@@ -45,7 +46,7 @@ class _Text:
         self.lines += [f"{name}{_labels(**labels)} {value}" for labels, value in samples]
 
 
-def render(machine: Machine, counts, available: Optional[int], running: bool = True) -> str:
+def render(machine: Machine, counts, available: int | None, running: bool = True) -> str:
     devices = report.device_figures(machine)
     nodes = report.node_figures(devices, available)
     node = lambda nid: "" if nid is None else str(nid)  # noqa: E731
@@ -111,9 +112,9 @@ class MetricsFile:
     that fails is logged once until one succeeds again: metrics never stop
     the daemon."""
 
-    def __init__(self, path: Optional[str]):
+    def __init__(self, path: str | None):
         self.path = path
-        self._written: Optional[str] = None
+        self._written: str | None = None
         self._failing = False
 
     def update(self, text: str) -> None:
@@ -142,11 +143,11 @@ class Reporter:
     """The daemon's figures told: the journal after a batch, the balloon
     warning once per balloon, the metrics file (PATH; None: none)."""
 
-    def __init__(self, backend, path: Optional[str], counts):
+    def __init__(self, backend, path: str | None, counts):
         self.backend, self.counts = backend, counts
         self.file = MetricsFile(path)
-        self.due_at: Optional[float] = None  # the next refresh of the file
-        self.balloon_said: Optional[str] = None
+        self.due_at: float | None = None  # the next refresh of the file
+        self.balloon_said: str | None = None
 
     def due(self, now: float) -> bool:
         return self.due_at is not None and now >= self.due_at
@@ -176,7 +177,7 @@ class Reporter:
         self.file.update(render(machine, self.counts, memory_now(self.backend).get("memory_available"), running))
         self.due_at = time.monotonic() + REFRESH if running else None
 
-    def move(self, machine: Machine, path: Optional[str]) -> None:
+    def move(self, machine: Machine, path: str | None) -> None:
         """A reload named another file (or none): the old one says memonlined stopped writing it."""
         if path != self.file.path:
             self.update(machine, running=False)

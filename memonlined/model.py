@@ -5,8 +5,9 @@ Sizes are in pages (Machine.page_size: 4 KiB on x86, 64 KiB on some arm64
 and ppc64 kernels), like the kernel's counters.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 from .parse import MOVABLE, PAGE_SIZE
 
@@ -16,9 +17,9 @@ VIRTIO_MEM = "virtio-mem"
 DAX = "dax"
 
 
-def runs(indexes) -> List[Tuple[int, int]]:
+def runs(indexes) -> list[tuple[int, int]]:
     """Block numbers as (first, last) runs of consecutive ones."""
-    out: List[Tuple[int, int]] = []
+    out: list[tuple[int, int]] = []
     for i in sorted(indexes):
         if out and out[-1][1] == i - 1:
             out[-1] = (out[-1][0], i)
@@ -42,7 +43,7 @@ class Group:
     """
     name: str
     kind: str
-    node: Optional[int]
+    node: int | None
     dynamic: bool
     max_pages: int = 0
     unit_pages: int = 0
@@ -54,11 +55,11 @@ class Group:
 class Block:
     index: int
     state: str                      # online | offline | going-offline
-    node: Optional[int]
-    valid_zones: Tuple[str, ...]    # online: (its zone,); offline: the allowed zones
+    node: int | None
+    valid_zones: tuple[str, ...]    # online: (its zone,); offline: the allowed zones
     early: bool                     # boot memory, not hot-plugged
-    group: Optional[Group] = None   # its memory device, None for boot memory and unknown memory
-    instance: Optional[int] = None  # its sysfs directory's inode number when read (state.py)
+    group: Group | None = None   # its memory device, None for boot memory and unknown memory
+    instance: int | None = None  # its sysfs directory's inode number when read (state.py)
 
     @property
     def online(self) -> bool:
@@ -66,7 +67,7 @@ class Block:
         return self.state != "offline"
 
     @property
-    def zone(self) -> Optional[str]:
+    def zone(self) -> str | None:
         return self.valid_zones[0] if self.online else None
 
     @property
@@ -89,8 +90,8 @@ class Balloon:
     put in ZONE_MOVABLE is no use to it, and it starves the kernel zones."""
     driver: str                    # virtio_balloon, vmw_balloon, hv_balloon, xen_balloon
     device: str                    # virtio3, a VMBus device, xen_memory0; "-" for vmw_balloon
-    migrates: Optional[bool]       # its pages are movable (may come from ZONE_MOVABLE); None: unknown
-    inflated_pages: Optional[int]  # pages in the balloon now, where /proc/vmstat counts them
+    migrates: bool | None       # its pages are movable (may come from ZONE_MOVABLE); None: unknown
+    inflated_pages: int | None  # pages in the balloon now, where /proc/vmstat counts them
 
     @property
     def name(self) -> str:
@@ -111,17 +112,17 @@ class Machine:
     per node. add_online and remove_online keep the counters true as blocks
     change, the way the kernel's own accounting does."""
     block_size: int                       # bytes
-    blocks: Dict[int, Block]
-    groups: Dict[str, Group]
-    nodes: Dict[int, NodeStats]
-    auto_online_blocks: Optional[str] = None
-    kernel_params: Dict[str, str] = field(default_factory=dict)
-    kernel_release: Optional[str] = None
+    blocks: dict[int, Block]
+    groups: dict[str, Group]
+    nodes: dict[int, NodeStats]
+    auto_online_blocks: str | None = None
+    kernel_params: dict[str, str] = field(default_factory=dict)
+    kernel_release: str | None = None
     page_size: int = PAGE_SIZE
-    warnings: List[str] = field(default_factory=list)
-    balloons: List[Balloon] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    balloons: list[Balloon] = field(default_factory=list)
 
-    _dynamic: Dict[Optional[int], List[Group]] = field(default_factory=dict, repr=False)
+    _dynamic: dict[int | None, list[Group]] = field(default_factory=dict, repr=False)
 
     def add_group(self, group: Group) -> Group:
         self.groups[group.name] = group
@@ -133,12 +134,12 @@ class Machine:
         self.groups.pop(name, None)
         self._dynamic.clear()
 
-    def node(self, nid: Optional[int]) -> NodeStats:
+    def node(self, nid: int | None) -> NodeStats:
         """A node's counters; a node not seen yet (it came online with its first
         memory, as CXL and far-memory nodes do) has none yet."""
         return self.nodes.get(nid) or NodeStats()
 
-    def dynamic_groups(self, node: Optional[int] = None) -> List[Group]:
+    def dynamic_groups(self, node: int | None = None) -> list[Group]:
         """The dynamic groups on NODE (None: all). Cached: asked for at every
         decision, while groups change only when devices come (add_group)."""
         if node not in self._dynamic:
@@ -146,7 +147,7 @@ class Machine:
                                    if g.dynamic and (node is None or g.node == node)]
         return self._dynamic[node]
 
-    def unmovable_balloon(self) -> Optional[Balloon]:
+    def unmovable_balloon(self) -> Balloon | None:
         """The first bound balloon whose pages are known not to migrate, if any."""
         return next((b for b in self.balloons if b.migrates is False), None)
 

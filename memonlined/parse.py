@@ -4,10 +4,11 @@ Every parser raises ParseError with a short description of what was expected;
 the caller adds the file name. Nothing here opens a file.
 """
 
+from __future__ import annotations
+
 import re
 import struct
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 PAGE_SIZE = 4096
 
@@ -48,7 +49,7 @@ def parse_state(text: str) -> str:
     return state
 
 
-def parse_valid_zones(text: str) -> Tuple[str, ...]:
+def parse_valid_zones(text: str) -> tuple[str, ...]:
     """valid_zones: one zone for an online block, the allowed zones for an offline one."""
     zones = tuple(text.split())
     if not zones:
@@ -74,10 +75,10 @@ class ZoneInfo:
 _ZONE_HEADER = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
 
 
-def parse_zoneinfo(text: str) -> List[ZoneInfo]:
+def parse_zoneinfo(text: str) -> list[ZoneInfo]:
     """/proc/zoneinfo: the present and cma pages of every zone of every node."""
-    zones: List[ZoneInfo] = []
-    current: Optional[dict] = None
+    zones: list[ZoneInfo] = []
+    current: dict | None = None
 
     def finish():
         if current is None:
@@ -118,16 +119,16 @@ class Resource:
     end: int
     name: str
     depth: int
-    children: List["Resource"] = field(default_factory=list)
+    children: list["Resource"] = field(default_factory=list)
 
 
 _IOMEM_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
 
 
-def parse_iomem(text: str) -> List[Resource]:
+def parse_iomem(text: str) -> list[Resource]:
     """/proc/iomem as a forest; children are indented by two spaces per level."""
-    roots: List[Resource] = []
-    stack: List[Resource] = []
+    roots: list[Resource] = []
+    stack: list[Resource] = []
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
@@ -144,7 +145,7 @@ def parse_iomem(text: str) -> List[Resource]:
     return roots
 
 
-def iomem_hidden(roots: List[Resource]) -> bool:
+def iomem_hidden(roots: list[Resource]) -> bool:
     """True when every address is zero: what a reader without CAP_SYS_ADMIN sees."""
     return bool(roots) and all(r.start == 0 and r.end == 0 for r in roots)
 
@@ -156,7 +157,7 @@ _E820_MAX_ENTRIES = 128  # E820_MAX_ENTRIES_ZEROPAGE
 _E820_ENTRY = struct.Struct("<QQI")
 
 
-def parse_boot_e820(data: bytes) -> List[Tuple[int, int]]:
+def parse_boot_e820(data: bytes) -> list[tuple[int, int]]:
     """x86 boot_params: the RAM ranges [start, end) of the boot E820 table."""
     if len(data) < _E820_TABLE_OFFSET + _E820_ENTRY.size:
         raise ParseError(f"expected x86 boot_params of 4096 bytes, got {len(data)}")
@@ -169,7 +170,7 @@ def parse_boot_e820(data: bytes) -> List[Tuple[int, int]]:
 SETUP_E820_EXT = 1  # a setup_data node with the entries beyond the zero page's 128
 
 
-def parse_setup_data_e820(type_text: str, data: bytes) -> List[Tuple[int, int]]:
+def parse_setup_data_e820(type_text: str, data: bytes) -> list[tuple[int, int]]:
     """One /sys/kernel/boot_params/setup_data/N: its RAM ranges if it is an
     E820 extension (type 0x1), else none."""
     try:
@@ -183,7 +184,7 @@ def parse_setup_data_e820(type_text: str, data: bytes) -> List[Tuple[int, int]]:
     return parse_e820_entries(data)
 
 
-def parse_e820_entries(data: bytes) -> List[Tuple[int, int]]:
+def parse_e820_entries(data: bytes) -> list[tuple[int, int]]:
     """Packed struct boot_e820_entry records: the RAM ranges [start, end), sorted."""
     ram = []
     for offset in range(0, len(data) - _E820_ENTRY.size + 1, _E820_ENTRY.size):
@@ -197,10 +198,10 @@ def parse_e820_entries(data: bytes) -> List[Tuple[int, int]]:
 class VirtioMemProbe:
     """What virtio_mem logs about one device when it probes (all in bytes)."""
     device: str
-    fields: Dict[str, int] = field(default_factory=dict)
+    fields: dict[str, int] = field(default_factory=dict)
 
     @property
-    def unit_bytes(self) -> Optional[int]:
+    def unit_bytes(self) -> int | None:
         """The unit of the device's dynamic memory group (KERNEL-NOTES 4)."""
         if "big block size" in self.fields:  # BBM
             return self.fields["big block size"]
@@ -219,9 +220,9 @@ def kmsg_message(record: str) -> str:
     return (message if sep and "," in head else record).split("\n", 1)[0]
 
 
-def parse_virtio_mem_probes(messages: List[str]) -> Dict[str, VirtioMemProbe]:
+def parse_virtio_mem_probes(messages: list[str]) -> dict[str, VirtioMemProbe]:
     """The virtio_mem probe lines of the kernel log, per device; the last probe wins."""
-    probes: Dict[str, VirtioMemProbe] = {}
+    probes: dict[str, VirtioMemProbe] = {}
     for message in messages:
         m = _KMSG_VIRTIO_MEM.search(message)
         if not m:
@@ -234,7 +235,7 @@ def parse_virtio_mem_probes(messages: List[str]) -> Dict[str, VirtioMemProbe]:
     return probes
 
 
-def parse_meminfo(text: str) -> Dict[str, int]:
+def parse_meminfo(text: str) -> dict[str, int]:
     """/proc/meminfo in bytes ("MemTotal:  4005072 kB"; counts without a unit as they are)."""
     out = {}
     for line in text.splitlines():
@@ -248,7 +249,7 @@ def parse_meminfo(text: str) -> Dict[str, int]:
     return out
 
 
-def parse_vmstat(text: str) -> Dict[str, int]:
+def parse_vmstat(text: str) -> dict[str, int]:
     """/proc/vmstat ("balloon_inflate 4096": name and count, one a line)."""
     out = {}
     for line in text.splitlines():

@@ -4,7 +4,8 @@ block were onlined in turn. Dry-run and real runs share it: a real run
 commits the zone the kernel really chose, a dry-run the zone it decided.
 """
 
-from typing import List, Optional
+from __future__ import annotations
+
 
 from .model import Machine
 from .policy import Decision, Settings, zone_for_block
@@ -19,19 +20,19 @@ class Planner:
         self.machine = machine
         self.settings = settings
 
-    def offline_blocks(self) -> List[int]:
+    def offline_blocks(self) -> list[int]:
         return sorted(i for i, b in self.machine.blocks.items() if not b.online)
 
     def decide(self, index: int) -> Decision:
         return zone_for_block(self.machine, self.machine.blocks[index], self.settings)
 
-    def commit(self, index: int, zone: Optional[str]) -> None:
+    def commit(self, index: int, zone: str | None) -> None:
         """Record the outcome for a block: the zone it is online in now, or None
         when it stayed offline."""
         if zone is not None:
             self.machine.add_online(self.machine.blocks[index], zone)
 
-    def plan(self, indexes: Optional[List[int]] = None) -> List[Decision]:
+    def plan(self, indexes: list[int] | None = None) -> list[Decision]:
         """Decide every offline block (or INDEXES) as if each were onlined as decided."""
         decisions = []
         for index in self.offline_blocks() if indexes is None else indexes:

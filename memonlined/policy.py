@@ -6,8 +6,10 @@ auto_movable_zone_for_pfn() is zone_for_block(), auto_movable_can_online_movable
 is can_online_movable().
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional
+from collections.abc import Iterable
 
 from .model import Block, Group, Machine, NodeStats
 from .parse import MOVABLE
@@ -24,7 +26,7 @@ class Settings:
     ratio: int = 301                 # auto_movable_ratio, percent
     numa_aware: bool = True          # auto_movable_numa_aware
     kernel_floor_mib: int = 0        # per node: hot-plugged kernel memory to reach before anything goes Movable
-    overrides: Dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
+    overrides: dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
     unmovable_balloon: str = "warn"  # or "kernel": no Movable while a balloon that cannot migrate is bound
 
     def needs_userspace(self) -> bool:
@@ -36,7 +38,7 @@ class Settings:
 @dataclass
 class Check:
     """One ratio check with every number that went into it (pages)."""
-    node: Optional[int]        # None: the whole system
+    node: int | None        # None: the whole system
     kernel_early: int          # early kernel pages, before the adjustments
     movable: int               # movable pages, before the adjustments
     req_kernel_early: int      # early kernel pages other dynamic groups need for their Movable memory
@@ -57,7 +59,7 @@ class Decision:
     zone: str
     device: str
     reason: str
-    checks: List[Check] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
 
     @property
     def movable(self) -> bool:
@@ -68,8 +70,8 @@ def _mib(pages: int, page_size: int) -> str:
     return f"{pages * page_size // (1 << 20)}M"
 
 
-def can_online_movable(stats: NodeStats, dynamic_groups: Iterable[Group], group: Optional[Group],
-                       nr_pages: int, ratio: int, node: Optional[int] = None) -> Check:
+def can_online_movable(stats: NodeStats, dynamic_groups: Iterable[Group], group: Group | None,
+                       nr_pages: int, ratio: int, node: int | None = None) -> Check:
     """Could NR_PAGES more go Movable and stay within RATIO? (auto_movable_can_online_movable)
 
     STATS are the node's (or the whole system's) counters; DYNAMIC_GROUPS the
@@ -102,7 +104,7 @@ def system_stats(machine: Machine) -> NodeStats:
     return total
 
 
-def _pages_to_online(machine: Machine, block: Block) -> "tuple[Optional[int], str]":
+def _pages_to_online(machine: Machine, block: Block) -> "tuple[int | None, str]":
     """How many pages the decision is about (the remaining part of the device or
     unit), or None when some of it is already in a kernel zone."""
     group = block.group
@@ -194,7 +196,7 @@ def _describe(check: Check, ratio: int, ps: int) -> str:
             f"{op} {ratio}% of kernel {_mib(kernel, ps)} = {_mib(check.limit, ps)}")
 
 
-def movable_headroom(machine: Machine, settings: Settings, node: Optional[int] = None) -> int:
+def movable_headroom(machine: Machine, settings: Settings, node: int | None = None) -> int:
     """Pages that could still go Movable without breaking the ratio (for memory of
     no device; a dynamic group's own kernel memory buys it more)."""
     def room(stats, groups, nid):

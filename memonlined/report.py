@@ -22,8 +22,9 @@ cannot reclaim in time; and the hypervisor, which decides how much of a
 virtio-mem request it asks back.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
-from typing import Dict, List, Optional
 
 from .model import Machine
 from .parse import format_size
@@ -34,7 +35,7 @@ class DeviceFigures:
     """A hot-plugged device's memory, in bytes."""
     device: str
     kind: str
-    node: Optional[int]
+    node: int | None
     movable: int
     kernel: int
     offline: int
@@ -49,18 +50,18 @@ class DeviceFigures:
 class NodeFigures:
     """A node's hot-plugged memory, in bytes; unpluggable_now: what could be
     given back now (None: MemAvailable unknown)."""
-    node: Optional[int]
+    node: int | None
     movable: int
     kernel: int
     offline: int
     removable: int
-    unpluggable_now: Optional[int]
+    unpluggable_now: int | None
 
 
-def device_figures(machine: Machine, names=None) -> List[DeviceFigures]:
+def device_figures(machine: Machine, names=None) -> list[DeviceFigures]:
     """Every device's figures, or those of NAMES."""
     bs, ps = machine.block_size, machine.page_size
-    offline: Dict[str, int] = {}
+    offline: dict[str, int] = {}
     for block in machine.blocks.values():
         if block.group is not None and not block.online:
             offline[block.group.name] = offline.get(block.group.name, 0) + bs
@@ -75,7 +76,7 @@ def device_figures(machine: Machine, names=None) -> List[DeviceFigures]:
     return out
 
 
-def _give_back(devices: List[DeviceFigures], available: Optional[int]) -> "tuple[int, Optional[int]]":
+def _give_back(devices: list[DeviceFigures], available: int | None) -> "tuple[int, int | None]":
     """(removable, unpluggable now) of DEVICES together: their removable
     offline memory costs nothing, the online part must fit MemAvailable."""
     removable = sum(d.removable for d in devices)
@@ -83,10 +84,10 @@ def _give_back(devices: List[DeviceFigures], available: Optional[int]) -> "tuple
     return removable, None if available is None else free + min(removable - free, available)
 
 
-def node_figures(devices: List[DeviceFigures], available: Optional[int], nodes=()) -> List[NodeFigures]:
+def node_figures(devices: list[DeviceFigures], available: int | None, nodes=()) -> list[NodeFigures]:
     """Per node of DEVICES, and of NODES (one without a device: zeros);
     AVAILABLE: MemAvailable in bytes (or None)."""
-    by_node: Dict[Optional[int], List[DeviceFigures]] = {nid: [] for nid in nodes}
+    by_node: dict[int | None, list[DeviceFigures]] = {nid: [] for nid in nodes}
     for d in devices:
         by_node.setdefault(d.node, []).append(d)
     out = []
@@ -97,12 +98,12 @@ def node_figures(devices: List[DeviceFigures], available: Optional[int], nodes=(
     return out
 
 
-def unpluggable_now(devices: List[DeviceFigures], available: Optional[int]) -> Optional[int]:
+def unpluggable_now(devices: list[DeviceFigures], available: int | None) -> int | None:
     """The whole system's: what giving back from every node at once leaves room for."""
     return _give_back(devices, available)[1]
 
 
-def balloon_warning(machine: Machine) -> Optional[str]:
+def balloon_warning(machine: Machine) -> str | None:
     """The cover letter's future work 3: a balloon that cannot migrate its
     pages beside memory in ZONE_MOVABLE. None when there is nothing to say."""
     balloon = machine.unmovable_balloon()
@@ -120,14 +121,14 @@ def balloon_warning(machine: Machine) -> Optional[str]:
             "unmovable_balloon = kernel puts hot-plugged memory in kernel zones while it is bound")
 
 
-def balloons_json(machine: Machine) -> List[dict]:
+def balloons_json(machine: Machine) -> list[dict]:
     ps = machine.page_size
     return [{"driver": b.driver, "device": b.device, "migrates": b.migrates,
              "inflated_bytes": None if b.inflated_pages is None else b.inflated_pages * ps}
             for b in machine.balloons]
 
 
-def summary(machine: Machine, available: Optional[int]) -> str:
+def summary(machine: Machine, available: int | None) -> str:
     """One line for STATUS= and the log."""
     devices = device_figures(machine)
     if not devices:

@@ -18,11 +18,12 @@ Every record names the boot it belongs to (/proc/sys/kernel/random/boot_id);
 a record of another boot (a state directory that is not on tmpfs) is ignored.
 """
 
+from __future__ import annotations
+
 import errno
 import fcntl
 import logging
 import os
-from typing import Dict, Optional
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,10 @@ class StateError(Exception):
 class StateDir:
     """PATH None: remember nothing (a dry run, or tests that want none)."""
 
-    def __init__(self, path: Optional[str], boot_id: Optional[str]):
+    def __init__(self, path: str | None, boot_id: str | None):
         self.path = path
         self.boot_id = boot_id
-        self._lock_fd: Optional[int] = None
+        self._lock_fd: int | None = None
         self._failed_saves = set()
 
     def lock(self) -> bool:
@@ -70,7 +71,7 @@ class StateDir:
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
-    def load(self, name: str) -> Optional[dict]:
+    def load(self, name: str) -> dict | None:
         """The record NAME if it belongs to this boot; None otherwise."""
         if self.path is None:
             return None
@@ -91,7 +92,7 @@ class StateDir:
             return None
         return record
 
-    def taken_over(self) -> Optional[str]:
+    def taken_over(self) -> str | None:
         """What auto_online_blocks was before a memonlined of this boot set it
         to offline and has not put back yet (daemon.TakeOver; doctor)."""
         record = self.load(TAKE_OVER)
@@ -136,7 +137,7 @@ class StateDir:
         except OSError as e:
             log.error("%s: cannot remove: %s", self._file(name), e.strerror)
 
-    def legacy_handled(self) -> Optional[Dict[int, Optional[int]]]:
+    def legacy_handled(self) -> dict[int, int | None] | None:
         """The handled blocks of memonlined 0.1 (kept in /run, so of this boot;
         instances unknown). Read on the upgrade; removed once handled.json
         is saved (Handled.save)."""
@@ -161,7 +162,7 @@ class Handled:
 
     def __init__(self, state: StateDir):
         self.state = state
-        self.blocks: Dict[int, Optional[int]] = {}
+        self.blocks: dict[int, int | None] = {}
         self.dirty = False       # changed since the last save
         self._legacy = False     # read from memonlined 0.1's file, to remove once saved
         record = state.load(HANDLED)
@@ -175,14 +176,14 @@ class Handled:
             legacy = state.legacy_handled()
             self.blocks, self._legacy = legacy or {}, legacy is not None
 
-    def same(self, index: int, instance: Optional[int]) -> bool:
+    def same(self, index: int, instance: int | None) -> bool:
         """Is INDEX, as it is now (INSTANCE), the block memonlined saw online?"""
         if index not in self.blocks:
             return False
         known = self.blocks[index]
         return known is None or instance is None or known == instance
 
-    def mark(self, index: int, instance: Optional[int]) -> None:
+    def mark(self, index: int, instance: int | None) -> None:
         if index not in self.blocks or self.blocks[index] != instance:
             self.blocks[index] = instance
             self.dirty = True

@@ -10,9 +10,11 @@ Two sources, one interface (start, fileno, poll -> Uevent or None):
 - udev: events after udevd processed them, through pyudev.
 """
 
+from __future__ import annotations
+
+import collections
 import logging
 import socket
-from typing import NamedTuple, Optional
 
 log = logging.getLogger(__name__)
 
@@ -22,12 +24,10 @@ SO_RCVBUFFORCE = 33         # not in the socket module; asm-generic/socket.h
 MAX_UEVENT = 8192           # UEVENT_BUFFER_SIZE is 2048
 
 
-class Uevent(NamedTuple):
-    action: str
-    sys_name: str
+Uevent = collections.namedtuple("Uevent", "action sys_name")
 
 
-def parse_uevent(data: bytes) -> Optional[Uevent]:
+def parse_uevent(data: bytes) -> Uevent | None:
     """A kernel uevent ("add@/devices/...\\0ACTION=add\\0DEVPATH=...\\0SUBSYSTEM=memory\\0...")
     as (action, sys_name) when it is about a memory block; None otherwise
     (another subsystem, or not a kernel uevent at all)."""
@@ -61,7 +61,7 @@ class KernelMonitor:
     def fileno(self) -> int:
         return self.sock.fileno()
 
-    def poll(self, timeout=0) -> Optional[Uevent]:
+    def poll(self, timeout=0) -> Uevent | None:
         """The next memory block uevent already received, or None. Raises
         OSError (ENOBUFS) when the kernel had to drop events."""
         while True:

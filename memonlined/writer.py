@@ -7,12 +7,14 @@ fallback or someone else's onlining is taken into account. Dry-run is the
 same path with every write replaced by a log line: a Writer is made dry once.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from collections.abc import Callable
 
 from .backend import AUTO_ONLINE, Backend, PARAMETERS, block_dir
 from .parse import MOVABLE, ParseError, parse_state, parse_valid_zones
@@ -57,8 +59,8 @@ class Writer:
 @dataclass
 class Outcome:
     decision: Decision
-    zone: Optional[str]   # where the block is now (the prediction in a dry-run)
-    result: Optional[str]
+    zone: str | None   # where the block is now (the prediction in a dry-run)
+    result: str | None
 
     def as_json(self) -> dict:
         d = self.decision
@@ -69,7 +71,7 @@ class Outcome:
         return out
 
 
-def _fields(decision: Decision, zone: Optional[str], result: str, message_id=DECISION_MESSAGE_ID) -> dict:
+def _fields(decision: Decision, zone: str | None, result: str, message_id=DECISION_MESSAGE_ID) -> dict:
     """Structured journal fields (the journal handler sends extra= keys as fields)."""
     return {"MESSAGE_ID": message_id, "BLOCK": decision.block, "DEVICE": decision.device,
             "ZONE": zone or "", "REASON": decision.reason, "RESULT": result}
@@ -84,7 +86,7 @@ def _reread(backend: Backend, index: int):
         return None
 
 
-def online_block(writer: Writer, decision: Decision, kernel_zone: str) -> "tuple[Optional[str], str]":
+def online_block(writer: Writer, decision: Decision, kernel_zone: str) -> "tuple[str | None, str]":
     """Write the decision. Returns (zone now, result)."""
     index = decision.block
     backend = writer.backend
@@ -118,7 +120,7 @@ def online_block(writer: Writer, decision: Decision, kernel_zone: str) -> "tuple
     return None, FAILED
 
 
-def _tell(outcomes: "List[Outcome]") -> None:
+def _tell(outcomes: "list[Outcome]") -> None:
     """The decision lines of blocks onlined (or, in a dry run, to be)."""
     for o in outcomes:
         d = o.decision
@@ -130,13 +132,13 @@ def _tell(outcomes: "List[Outcome]") -> None:
                      extra=_fields(d, o.zone, o.result))
 
 
-def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
-                  go_on: Optional[Callable[[object], bool]] = None) -> List[Outcome]:
+def online_blocks(writer: Writer, planner: Planner, indexes: list[int],
+                  go_on: Callable[[object], bool] | None = None) -> list[Outcome]:
     """Decide and online INDEXES (offline blocks) in ascending order. GO_ON is
     asked before each block (the daemon pings its watchdog there, and says
     False to stop early)."""
     machine = planner.machine
-    outcomes: List[Outcome] = []
+    outcomes: list[Outcome] = []
     told, told_at = 0, time.monotonic()
     try:
         for index in sorted(indexes):
@@ -166,8 +168,8 @@ def online_blocks(writer: Writer, planner: Planner, indexes: List[int],
     return outcomes
 
 
-def online_by_kernel(writer: Writer, indexes: List[int], go_on: Callable[[object], bool], refresh,
-                     blocks) -> List[Tuple[int, Optional[str], str]]:
+def online_by_kernel(writer: Writer, indexes: list[int], go_on: Callable[[object], bool], refresh,
+                     blocks) -> list[tuple[int, str | None, str]]:
     """Kernel mode: a plain `online` for each of INDEXES (offline blocks of
     BLOCKS, the model's) lets the kernel's own policy pick the zone; REFRESH
     re-reads a block after its write. Returns (block, zone, result) of each

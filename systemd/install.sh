@@ -2,10 +2,9 @@
 # Install memonlined as a systemd service from a checkout, as root, where
 # the Debian package (packaging/build-deb.sh) does not fit:
 #   sudo systemd/install.sh [PYTHON]
-# Its dependencies come from the distribution where it has them (Debian and
-# Ubuntu: python3-pyudev, python3-systemd; Fedora and RHEL: the same
-# names): no compiler. Only where it has none does pip build
-# systemd-python, which needs a compiler and libsystemd's headers; the script
+# Its one dependency, pyudev (only for event_source = udev), comes from the
+# distribution where it has it (Debian and Ubuntu: python3-pyudev; Fedora
+# and RHEL: the same name), from pip otherwise (pure Python); the script
 # says which it does. memonlined goes into a virtualenv in /opt/memonlined
 # (seeing the system's packages); the unit, with ExecStart pointing there,
 # the configuration (kept if present) and the man pages are installed, then
@@ -13,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${1:-python3}
-DEPS=(python3-pyudev python3-systemd)
+DEPS=(python3-pyudev)
 
 from_distribution() {
     if command -v apt-get >/dev/null && apt-cache show "${DEPS[@]}" >/dev/null 2>&1; then
@@ -31,11 +30,7 @@ if from_distribution; then
     "$python" -m venv --system-site-packages /opt/memonlined
     /opt/memonlined/bin/pip install -q --no-deps .
 else
-    echo "install.sh: the distribution has no ${DEPS[*]}: pip installs them, building systemd-python"
-    echo "            from source (a compiler and libsystemd's headers are needed)"
-    if ! pkg-config --exists libsystemd 2>/dev/null && command -v apt-get >/dev/null; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -q libsystemd-dev pkg-config gcc python3-venv
-    fi
+    echo "install.sh: the distribution has no ${DEPS[*]}: pip installs pyudev"
     "$python" -m venv /opt/memonlined
     /opt/memonlined/bin/pip install -q ".[daemon]"
 fi

@@ -1,14 +1,10 @@
 #!/usr/bin/env bash
 # Sets up everything the test suite needs from the project's own files and
-# runs it: a virtualenv in .venv with memonlined, its daemon dependencies
-# (systemd-python builds against libsystemd's headers) and pytest; QEMU,
-# virtme-ng and guest kernels for tests/e2e (tests/e2e/setup.sh).
+# runs it: a virtualenv in .venv with memonlined, its daemon dependency
+# (pyudev) and pytest; QEMU, virtme-ng and guest kernels for tests/e2e
+# (tests/e2e/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! pkg-config --exists libsystemd 2>/dev/null; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libsystemd-dev pkg-config gcc >/dev/null
-fi
 python3 -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[daemon,test]'
 # The real-guest tests (tests/e2e, marker vm) need QEMU, virtme-ng and Debian

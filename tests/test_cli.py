@@ -146,3 +146,64 @@ def test_status_plans_on_a_copy_and_leaves_the_model_as_it_is(tmp_path, capsys):
     assert {n: vars(s) for n, s in machine.nodes.items()} == nodes
     rows = [r for r in json.loads(capsys.readouterr().out)["memory"] if r["block"] == "48-55"]
     assert rows[0]["state"] == "offline" and rows[0]["choice"] == "Movable"
+
+
+def _journal_entries(sock):
+    """The datagrams on SOCK as journald reads them (the native protocol)."""
+    entries = []
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except BlockingIOError:
+            return entries
+        entry = {}
+        while data:
+            line, _, rest = data.partition(b"\n")
+            if b"=" in line:
+                k, v = line.split(b"=", 1)
+                data = rest
+            else:  # NAME, then a 64-bit little-endian length, the value, a newline
+                k, n = line, int.from_bytes(rest[:8], "little")
+                v, data = rest[8:8 + n], rest[8 + n + 1:]
+            entry[k.decode()] = v.decode()
+        entries.append(entry)
+
+
+def test_under_systemd_each_decision_reaches_the_journal_with_its_fields(tmp_path, monkeypatch):
+    """A socket in place of journald's (the systemd guests read the real journal)."""
+    import logging
+    import socket
+    from memonlined import notify
+    path = str(tmp_path / "journal.socket")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    journald.bind(path)
+    monkeypatch.setattr(notify, "JOURNAL_SOCKET", path)
+    monkeypatch.setenv("INVOCATION_ID", "0" * 32)
+    kernel = FakeKernel(tmp_path / "sys")
+    kernel.add_dimm(GiB)
+    offline = [i for i, zone in kernel.layout().items() if zone is None]
+    rc, _ = memonlined(kernel, "online")
+    logging.getLogger("memonlined").warning("two\nlines")
+    monkeypatch.delenv("INVOCATION_ID")
+    memonlined(kernel, "status")  # stderr again for the tests after this one
+    sent = _journal_entries(journald)
+    assert rc == 0 and len(offline) == 8
+    decisions = [e for e in sent if "BLOCK" in e]
+    assert sorted(int(e["BLOCK"]) for e in decisions) == offline
+    for e in decisions:
+        assert e["MESSAGE"].startswith(f"memory{e['BLOCK']}: onlined") and e["RESULT"] == "onlined", e
+        assert e["MESSAGE_ID"] and e["ZONE"] == "Movable" and e["DEVICE"] == "PNP0C80:00" and e["REASON"], e
+        assert e["PRIORITY"] == "6" and e["SYSLOG_IDENTIFIER"] == "memonlined" and e["CODE_FUNC"], e
+    assert sent[-1]["MESSAGE"] == "two\nlines" and sent[-1]["PRIORITY"] == "4"
+    assert all(k.isupper() for e in sent for k in e)  # no record attributes journald would drop
+
+
+def test_without_journald_the_log_goes_to_stderr(tmp_path, monkeypatch, capsys):
+    from memonlined import notify
+    monkeypatch.setattr(notify, "JOURNAL_SOCKET", str(tmp_path / "none"))
+    monkeypatch.setenv("INVOCATION_ID", "0" * 32)
+    kernel = FakeKernel(tmp_path / "sys")
+    kernel.add_dimm(GiB)
+    rc, _ = memonlined(kernel, "online")
+    monkeypatch.delenv("INVOCATION_ID")
+    assert rc == 0 and "memonlined: INFO: memory" in capsys.readouterr().err

@@ -19,7 +19,7 @@ if ! command -v debootstrap >/dev/null; then
 fi
 rm -rf "$ROOT.tmp"
 debootstrap --variant=minbase \
-    --include=systemd-sysv,udev,python3,python3-pyudev,python3-systemd,procps,kmod,linux-image-amd64,initramfs-tools \
+    --include=systemd-sysv,udev,python3,python3-pyudev,procps,kmod,linux-image-amd64,initramfs-tools \
     "$SUITE" "$ROOT.tmp" "$MIRROR" || die "debootstrap $SUITE"
 # Debian's 7.x kernels have their image in /usr/lib/modules/V/vmlinuz (linux-binary-V).
 # (compgen, not ls | grep: under pipefail ls fails for the layout a suite lacks.)

@@ -4,8 +4,7 @@ A debootstrap'ed Debian root: bookworm (6.1, Python 3.11), trixie (6.12, 3.13), 
 Python 3.9, no memory_hotplug parameters: the unit must start there too)
 (tests/e2e/systemd_image.sh, cached under /var/cache/memonlined-e2e/systemd-root-SUITE)
 gets this checkout's Debian package (packaging/build-deb.sh), installed with
-apt in a chroot (Debian's python3-pyudev and python3-systemd are in the root
-already), which enables the shipped unit, and a oneshot check unit that
+apt in a chroot (Debian's python3-pyudev is in the root already), which enables the shipped unit, and a oneshot check unit that
 reports on the serial console. QEMU boots it directly (TCG) with the memory
 history of scenarios.SYSTEMD_HISTORY: a cold-plugged DIMM and a virtio-mem
 device at start; the test hot-plugs a 4 GiB DIMM over QMP once the check
