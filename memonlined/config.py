@@ -6,15 +6,15 @@ Errors are ConfigError with one line naming the file, the key and what was expec
 
 from __future__ import annotations
 
+import collections
 import configparser
 import logging
 import os
 import stat
-from dataclasses import dataclass
 from collections.abc import Callable
 
 from .model import DAX, DIMM, VIRTIO_MEM
-from .policy import OTHER, ZONE_POLICIES, Settings
+from .policy import OTHER, SETTINGS, ZONE_POLICIES, needs_userspace
 
 MODES = ("userspace", "kernel", "auto")
 
@@ -28,16 +28,11 @@ class ConfigError(Exception):
     pass
 
 
-@dataclass
-class Config(Settings):
-    """The whole configuration: the decision's Settings and the daemon's keys
-    (memonlined run), which change no decision."""
-    mode: str = "userspace"
-    settle_ms: int = 0
-    take_over_auto_online: bool = True
-    event_source: str = "kernel"
-    receive_buffer_mib: int = 16
-    metrics_file: str = "off"
+# The whole configuration: the decision's Settings (policy.SETTINGS) and the
+# daemon's keys (memonlined run), which change no decision.
+DEFAULTS = {**SETTINGS, "mode": "userspace", "settle_ms": 0, "take_over_auto_online": True,
+            "event_source": "kernel", "receive_buffer_mib": 16, "metrics_file": "off"}
+Config = collections.namedtuple("Config", DEFAULTS, defaults=DEFAULTS.values())
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -73,12 +68,9 @@ def _bool(text: str) -> bool:
     return value
 
 
-@dataclass
-class Key:
-    section: str
-    parse: Callable[[str], object]
-    metavar: str
-    help: str
+# A key of the file: its [section], the parser of its value (raises
+# ValueError), and the command-line option's metavar and help.
+Key = collections.namedtuple("Key", "section parse metavar help")
 
 
 # Every key of the file; each is also a command-line option (--numa-aware for numa_aware).
@@ -194,7 +186,7 @@ def resolve_mode(has_policy: bool, settings: Config) -> "tuple[str, str]":
     if settings.mode == "auto":
         if not has_policy:
             return "userspace", "mode auto: this kernel has no auto-movable policy (before 5.15)"
-        if settings.needs_userspace():
+        if needs_userspace(settings):
             return "userspace", ("mode auto: the configuration asks for what only memonlined can do "
                                  "(a policy other than auto-movable, a kernel floor, overrides or "
                                  "unmovable_balloon = kernel)")

@@ -3,9 +3,9 @@ and daxctl set up to online the memory of the dax devices it reconfigures."""
 
 from __future__ import annotations
 
+import collections
 import os
 import re
-from dataclasses import dataclass
 from collections.abc import Iterator
 
 from .backend import Backend
@@ -25,11 +25,10 @@ _ASSIGN_STATE = re.compile(r'ATTR\{state\}\s*=\s*"([^"]*)"')
 _MEMORY = re.compile(r'SUBSYSTEM\s*[!=]=\s*"memory"')
 
 
-@dataclass
-class RuleConflict:
-    path: str       # the rule file as seen on the system (/etc/udev/rules.d/...)
-    line: int
-    value: str      # what it writes
+class RuleConflict(collections.namedtuple("RuleConflict", "path line value")):
+    """A udev rule that onlines memory: PATH as seen on the system
+    (/etc/udev/rules.d/...), its LINE, the VALUE it writes."""
+    __slots__ = ()
 
     def advice(self) -> str:
         name = os.path.basename(self.path)
@@ -82,11 +81,10 @@ DAXCTL_CONF_DIR = "etc/daxctl.conf.d"
 _DAXCTL_CHECK_CONFIG = re.compile(r"daxctl reconfigure-device\b[^\n]*\s(-C|--check-config)\b|daxdev-reconfigure@")
 
 
-@dataclass
-class DaxctlConflict:
-    path: str       # the daxctl configuration file
-    line: int       # its [reconfigure-device ...] section
-    section: str
+class DaxctlConflict(collections.namedtuple("DaxctlConflict", "path line section")):
+    """A daxctl configuration file (PATH) whose [reconfigure-device ...]
+    SECTION, at LINE, onlines a dax device's memory."""
+    __slots__ = ()
 
     def advice(self) -> str:
         return (f"{self.path}:{self.line} [{self.section}] has daxctl online the dax device's memory itself "

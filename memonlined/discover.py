@@ -393,8 +393,7 @@ def discover(backend: Backend, facts: dict | None = None) -> Discovery:
     Machine.warnings."""
     block_size = _read_global(backend, f"{MEMORY}/block_size_bytes", parse_block_size)
     zoneinfo = _read_global(backend, ZONEINFO, parse_zoneinfo)
-    machine = Machine(block_size=block_size, blocks={}, groups={}, nodes={},
-                      page_size=backend.page_size(zoneinfo))
+    machine = Machine(block_size, backend.page_size(zoneinfo))
     found = Discovery(backend, machine, facts)
     found.read_layout()
     machine.auto_online_blocks = _read_optional(backend, f"{MEMORY}/auto_online_blocks")

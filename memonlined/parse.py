@@ -6,9 +6,9 @@ the caller adds the file name. Nothing here opens a file.
 
 from __future__ import annotations
 
+import collections
 import re
 import struct
-from dataclasses import dataclass, field
 
 PAGE_SIZE = 4096
 
@@ -62,14 +62,9 @@ def parse_valid_zones(text: str) -> tuple[str, ...]:
     return zones
 
 
-@dataclass
-class ZoneInfo:
+class ZoneInfo(collections.namedtuple("ZoneInfo", "node zone present cma managed", defaults=(0, 0))):
     """One zone of one node from /proc/zoneinfo, in pages."""
-    node: int
-    zone: str
-    present: int
-    cma: int = 0
-    managed: int = 0
+    __slots__ = ()
 
 
 _ZONE_HEADER = re.compile(r"^Node\s+(\d+),\s+zone\s+(\S+)\s*$")
@@ -112,14 +107,9 @@ def parse_zoneinfo(text: str) -> list[ZoneInfo]:
     return zones
 
 
-@dataclass
-class Resource:
-    """One line of /proc/iomem; end is inclusive, as printed."""
-    start: int
-    end: int
-    name: str
-    depth: int
-    children: list["Resource"] = field(default_factory=list)
+class Resource(collections.namedtuple("Resource", "start end name depth children")):
+    """One line of /proc/iomem; END is inclusive, as printed; CHILDREN: the lines indented under it."""
+    __slots__ = ()
 
 
 _IOMEM_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
@@ -138,7 +128,7 @@ def parse_iomem(text: str) -> list[Resource]:
         depth = len(m.group(1)) // 2
         if depth > len(stack):
             raise ParseError(f"line {lineno}: indented deeper than its parent")
-        res = Resource(int(m.group(2), 16), int(m.group(3), 16), m.group(4), depth)
+        res = Resource(int(m.group(2), 16), int(m.group(3), 16), m.group(4), depth, [])
         del stack[depth:]
         (stack[-1].children if stack else roots).append(res)
         stack.append(res)
@@ -194,11 +184,13 @@ def parse_e820_entries(data: bytes) -> list[tuple[int, int]]:
     return sorted(ram)
 
 
-@dataclass
 class VirtioMemProbe:
     """What virtio_mem logs about one device when it probes (all in bytes)."""
-    device: str
-    fields: dict[str, int] = field(default_factory=dict)
+    __slots__ = ("device", "fields")
+
+    def __init__(self, device: str):
+        self.device = device
+        self.fields: dict[str, int] = {}
 
     @property
     def unit_bytes(self) -> int | None:

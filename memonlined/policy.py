@@ -8,7 +8,8 @@ is can_online_movable().
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import collections
+from types import MappingProxyType
 from collections.abc import Iterable
 
 from .model import Block, Group, Machine, NodeStats
@@ -19,47 +20,42 @@ ZONE_POLICIES = (AUTO_MOVABLE, "movable", "kernel")
 OTHER = "other"  # the [overrides] key for memory with no device
 
 
-@dataclass
-class Settings:
-    """The decision's configuration (see etc/memonlined.conf)."""
-    policy: str = AUTO_MOVABLE
-    ratio: int = 301                 # auto_movable_ratio, percent
-    numa_aware: bool = True          # auto_movable_numa_aware
-    kernel_floor_mib: int = 0        # per node: hot-plugged kernel memory to reach before anything goes Movable
-    overrides: dict[str, str] = field(default_factory=dict)  # device kind or name -> zone policy
-    unmovable_balloon: str = "warn"  # or "kernel": no Movable while a balloon that cannot migrate is bound
-
-    def needs_userspace(self) -> bool:
-        """Does this configuration ask for something the kernel's policy cannot do?"""
-        return (self.policy != AUTO_MOVABLE or bool(self.overrides) or bool(self.kernel_floor_mib)
-                or self.unmovable_balloon != "warn")
+# The decision's configuration (see etc/memonlined.conf) and its defaults:
+# RATIO is auto_movable_ratio (percent), NUMA_AWARE auto_movable_numa_aware;
+# KERNEL_FLOOR_MIB: per node, hot-plugged kernel memory to reach before
+# anything goes Movable; OVERRIDES: device kind or name -> zone policy;
+# UNMOVABLE_BALLOON = "kernel": no Movable while a balloon that cannot
+# migrate is bound. config.Config has these fields and the daemon's.
+SETTINGS = {"policy": AUTO_MOVABLE, "ratio": 301, "numa_aware": True, "kernel_floor_mib": 0,
+            "overrides": MappingProxyType({}), "unmovable_balloon": "warn"}
+Settings = collections.namedtuple("Settings", SETTINGS, defaults=SETTINGS.values())
 
 
-@dataclass
-class Check:
-    """One ratio check with every number that went into it (pages)."""
-    node: int | None        # None: the whole system
-    kernel_early: int          # early kernel pages, before the adjustments
-    movable: int               # movable pages, before the adjustments
-    req_kernel_early: int      # early kernel pages other dynamic groups need for their Movable memory
-    dyn_movable: int           # Movable pages of those other dynamic groups
-    group_kernel: int          # this dynamic group's own kernel pages, which back its Movable memory
-    nr_pages: int              # pages that would go Movable
-    limit: int                 # ratio * adjusted early kernel / 100
-    ok: bool
+def needs_userspace(settings: Settings) -> bool:
+    """Does this configuration ask for something the kernel's policy cannot do?"""
+    return (settings.policy != AUTO_MOVABLE or bool(settings.overrides) or bool(settings.kernel_floor_mib)
+            or settings.unmovable_balloon != "warn")
+
+
+class Check(collections.namedtuple("Check", "node kernel_early movable req_kernel_early dyn_movable "
+                                             "group_kernel nr_pages limit ok")):
+    """One ratio check with every number that went into it (pages): NODE
+    (None: the whole system); KERNEL_EARLY and MOVABLE, early kernel and
+    movable pages before the adjustments; REQ_KERNEL_EARLY, the early kernel
+    pages other dynamic groups need for their Movable memory; DYN_MOVABLE,
+    those groups' Movable pages; GROUP_KERNEL, this dynamic group's own
+    kernel pages, which back its Movable memory; NR_PAGES, the pages that
+    would go Movable; LIMIT, ratio * adjusted early kernel / 100; OK."""
+    __slots__ = ()
 
     @property
     def used(self) -> int:
         return self.movable - self.dyn_movable + self.nr_pages
 
 
-@dataclass
-class Decision:
-    block: int
-    zone: str
-    device: str
-    reason: str
-    checks: list[Check] = field(default_factory=list)
+class Decision(collections.namedtuple("Decision", "block zone device reason checks", defaults=((),))):
+    """Where BLOCK goes (ZONE), its DEVICE, the REASON in words, and the CHECKS behind it."""
+    __slots__ = ()
 
     @property
     def movable(self) -> bool:

@@ -24,38 +24,26 @@ virtio-mem request it asks back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import collections
 
 from .model import Machine
 from .parse import format_size
 
 
-@dataclass
-class DeviceFigures:
-    """A hot-plugged device's memory, in bytes."""
-    device: str
-    kind: str
-    node: int | None
-    movable: int
-    kernel: int
-    offline: int
-    removable: int  # what could be unplugged with enough free memory elsewhere
+class DeviceFigures(collections.namedtuple("DeviceFigures", "device kind node movable kernel offline removable")):
+    """A hot-plugged device's memory, in bytes; REMOVABLE: what could be
+    unplugged with enough free memory elsewhere."""
+    __slots__ = ()
 
     def line(self) -> str:
         return (f"{self.device}: Movable {format_size(self.movable)}, kernel {format_size(self.kernel)}, "
                 f"offline {format_size(self.offline)}; removable {format_size(self.removable)}")
 
 
-@dataclass
-class NodeFigures:
-    """A node's hot-plugged memory, in bytes; unpluggable_now: what could be
+class NodeFigures(collections.namedtuple("NodeFigures", "node movable kernel offline removable unpluggable_now")):
+    """A node's hot-plugged memory, in bytes; UNPLUGGABLE_NOW: what could be
     given back now (None: MemAvailable unknown)."""
-    node: int | None
-    movable: int
-    kernel: int
-    offline: int
-    removable: int
-    unpluggable_now: int | None
+    __slots__ = ()
 
 
 def device_figures(machine: Machine, names=None) -> list[DeviceFigures]:

@@ -9,11 +9,11 @@ same path with every write replaced by a log line: a Writer is made dry once.
 
 from __future__ import annotations
 
+import collections
 import errno
 import logging
 import os
 import time
-from dataclasses import dataclass
 from collections.abc import Callable
 
 from .backend import AUTO_ONLINE, Backend, PARAMETERS, block_dir
@@ -56,18 +56,17 @@ class Writer:
         self.backend.write_setting(rel, value)
 
 
-@dataclass
-class Outcome:
-    decision: Decision
-    zone: str | None   # where the block is now (the prediction in a dry-run)
-    result: str | None
+class Outcome(collections.namedtuple("Outcome", "decision zone result")):
+    """What became of a DECISION: ZONE, where the block is now (the
+    prediction in a dry-run), and the RESULT (None: not written)."""
+    __slots__ = ()
 
     def as_json(self) -> dict:
         d = self.decision
         out = {"block": d.block, "zone": self.zone, "device": d.device, "reason": d.reason}
         if self.result is not None:
             out["result"] = self.result
-        out["checks"] = [vars(c).copy() for c in d.checks]
+        out["checks"] = [c._asdict() for c in d.checks]
         return out
 
 

@@ -140,10 +140,10 @@ def test_status_plans_on_a_copy_and_leaves_the_model_as_it_is(tmp_path, capsys):
     backend = Backend(kernel.root)
     machine = discover(backend).machine
     before = {i: (b.state, b.valid_zones) for i, b in machine.blocks.items()}
-    nodes = {n: vars(s).copy() for n, s in machine.nodes.items()}
+    nodes = {n: repr(s) for n, s in machine.nodes.items()}
     assert cmd_status(backend, machine, Settings(), as_json=True) == 0
     assert {i: (b.state, b.valid_zones) for i, b in machine.blocks.items()} == before
-    assert {n: vars(s) for n, s in machine.nodes.items()} == nodes
+    assert {n: repr(s) for n, s in machine.nodes.items()} == nodes
     rows = [r for r in json.loads(capsys.readouterr().out)["memory"] if r["block"] == "48-55"]
     assert rows[0]["state"] == "offline" and rows[0]["choice"] == "Movable"
 
