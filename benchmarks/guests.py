@@ -10,7 +10,12 @@ For each approach, in a 4096 MiB guest on Debian's 6.1 kernel (TCG, 2 vCPUs):
   the defaults);
 - kernel: memhp_default_state=online memory_hotplug.online_policy=auto-movable;
 - udev: memhp_default_state=offline and the classic rule
-  SUBSYSTEM=="memory", ACTION=="add", ATTR{state}=="offline", ATTR{state}="online".
+  SUBSYSTEM=="memory", ACTION=="add", ATTR{state}=="offline", ATTR{state}="online";
+- floor: memhp_default_state=offline with the kernel's auto-movable policy,
+  and the least a userspace onliner can do: a loop on the kernel's uevent
+  socket writing `online` for each added block (the kernel picks the zone).
+  What it costs beyond the kernel is the price of onlining from userspace,
+  not of memonlined's decisions.
 
 and measures
 1. growth: a virtio-mem device (region 16 GiB) asked for 16 GiB: seconds from
@@ -44,8 +49,9 @@ from scenarios import (UDEV_RULE, UDEV_RULE_TEXT, install_memonlined, kernel_app
                        stop_daemon, summary)
 
 BLOCK = 128 * MiB
-APPROACHES = ("memonlined", "kernel", "udev")
-PICTURE_NAMES = {"memonlined": "memonlined", "kernel": "kernel policy", "udev": "udev rule"}
+APPROACHES = ("memonlined", "kernel", "udev", "floor")
+PICTURE_NAMES = {"memonlined": "memonlined", "kernel": "kernel policy", "udev": "udev rule",
+                 "floor": "uevent loop"}
 # The kernel's default boot, as users have it, but for the option that says
 # who onlines. The unplug guests (--unplug-only) add init_on_alloc=0 (Debian
 # builds it on): the workload's fill is then never written, so the host does
@@ -54,6 +60,7 @@ APPEND = {
     "memonlined": ["memhp_default_state=offline"],
     "kernel": kernel_append(),
     "udev": ["memhp_default_state=offline"],
+    "floor": ["memhp_default_state=offline"] + kernel_append()[1:],
 }
 UNPLUG_APPEND = ["init_on_alloc=0"]
 
@@ -83,6 +90,24 @@ while True:
             open(out, "w").close()
             break
     time.sleep(0.02)
+'''
+
+# The floor: `online` for every memory block added, straight from the
+# kernel's uevents (as memonlined's default event source), nothing else.
+FLOOR = r'''
+import socket, sys
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15)  # NETLINK_KOBJECT_UEVENT
+s.setsockopt(socket.SOL_SOCKET, 33, 16 << 20)  # SO_RCVBUFFORCE
+s.bind((0, 1))
+open(sys.argv[1], "w").close()
+while True:
+    env = dict(f.split(b"=", 1) for f in s.recv(8192).split(b"\0")[1:] if b"=" in f)
+    if env.get(b"ACTION") == b"add" and env.get(b"SUBSYSTEM") == b"memory":
+        try:
+            with open(b"/sys" + env[b"DEVPATH"] + b"/state", "w") as f:
+                f.write("online")
+        except OSError:
+            pass
 '''
 
 # Holds kernel memory the way a VM that has run for a while does: scattered.
@@ -277,7 +302,8 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
     with bench_guest(approach, unplug, qemu_opts=virtio_mem_opts("vm0", 16 * GiB)) as g:
         others = set(other_qemus(g.proc.pid))
         res["boot s"] = round(g.boot_seconds, 1)
-        for name, text in (("watcher.py", WATCHER), ("workload.py", WORKLOAD), ("census.py", CENSUS)):
+        for name, text in (("watcher.py", WATCHER), ("workload.py", WORKLOAD), ("census.py", CENSUS),
+                           ("floor.py", FLOOR)):
             with open(os.path.join(g.share, name), "w") as f:
                 f.write(text)
         if approach == "memonlined":
@@ -285,6 +311,10 @@ def run_guest(approach, grow=16 * GiB, unplug=True, burst=True, workload=(20_000
             start_daemon(g, f"{' '.join(map(shlex.quote, mo_args))} run --state-dir /run/memonlined")
         elif approach == "udev":
             g.sh(f"mkdir -p /etc/udev/rules.d && printf '%s' '{UDEV_RULE_TEXT}' > {UDEV_RULE} && udevadm control --reload")
+        elif approach == "floor":
+            armed = os.path.join(g.share, "floor.armed")
+            g.sh(f"(python3 -S {g.share}/floor.py {armed} >/run/floor.log 2>&1 &)")
+            wait_file(g, armed, 60, "the uevent loop")
         g.sh("modprobe virtio_mem")
         base = block_count(g)
         res["boot blocks"] = base

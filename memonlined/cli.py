@@ -90,6 +90,7 @@ def setup_logging(level: str) -> None:
     logger = logging.getLogger("memonlined")
     for old in [h for h in logger.handlers if getattr(h, "memonlined", False)]:
         logger.removeHandler(old)
+        old.close()
     handler.memonlined = True
     logger.addHandler(handler)
     logger.setLevel(level.upper())

@@ -27,17 +27,24 @@ class JournalHandler(logging.Handler):
     """Records to the journal by its native protocol
     (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/): MESSAGE, PRIORITY,
     SYSLOG_IDENTIFIER, CODE_*, and the upper-case extra= keys as fields
-    (MESSAGE_ID, BLOCK, ZONE...). journald takes the sender's pid and unit
-    from the socket. A record the socket refuses (journald restarting, a
-    datagram too big) goes to stderr, which systemd connects to the journal
-    too. Raises OSError when nothing listens on PATH (JOURNAL_SOCKET)."""
+    (MESSAGE_ID, BLOCK, ZONE...: our own keys, valid journal field names).
+    journald takes the sender's pid and unit from the socket. Sent to the
+    path each time, as sd_journal_sendv does, so a restarted journald is
+    found again; never waiting: a record journald cannot take now (stalled,
+    restarting, a datagram too big) goes to stderr, which systemd connects
+    to the journal too, and the daemon goes on onlining memory. Raises
+    OSError when nothing listens on PATH (JOURNAL_SOCKET)."""
 
     def __init__(self, identifier: str, path: str | None = None):
         super().__init__()
         self.identifier = identifier
+        self.path = path or JOURNAL_SOCKET
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
         try:
-            self.sock.connect(path or JOURNAL_SOCKET)
+            self.sock.connect(self.path)  # is journald there?
+            self.sock.close()
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)  # as libsystemd: big records
         except OSError:
             self.sock.close()
             raise
@@ -51,7 +58,7 @@ class JournalHandler(logging.Handler):
                       ("SYSLOG_IDENTIFIER", self.identifier), ("CODE_FILE", record.pathname),
                       ("CODE_LINE", record.lineno), ("CODE_FUNC", record.funcName)]
             fields += [(k, v) for k, v in record.__dict__.items() if k.isupper()]
-            self.sock.send(b"".join(journal_field(k, v) for k, v in fields))
+            self.sock.sendto(b"".join(journal_field(k, v) for k, v in fields), socket.MSG_DONTWAIT, self.path)
         except OSError:
             self.fallback.handle(record)
         except Exception:

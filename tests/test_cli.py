@@ -207,3 +207,45 @@ def test_without_journald_the_log_goes_to_stderr(tmp_path, monkeypatch, capsys):
     rc, _ = memonlined(kernel, "online")
     monkeypatch.delenv("INVOCATION_ID")
     assert rc == 0 and "memonlined: INFO: memory" in capsys.readouterr().err
+
+
+def test_a_restarted_journald_is_found_again_and_a_stalled_one_never_waited_for(tmp_path, capsys):
+    import logging
+    import signal
+    import socket
+    from memonlined.notify import JournalHandler
+    path = str(tmp_path / "journal.socket")
+    journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+    journald.bind(path)
+    handler = JournalHandler("memonlined", path)
+    log = logging.getLogger("memonlined.test-journal")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        log.info("one")
+        journald.close()
+        os.unlink(path)
+        log.info("while journald is away")
+        assert "memonlined: INFO: while journald is away" in capsys.readouterr().err
+        journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        journald.bind(path)
+        log.info("two")
+        assert [e["MESSAGE"] for e in _journal_entries(journald)] == ["two"]
+        class Stuck(BaseException):  # not an Exception: logging would swallow it
+            pass
+
+        def stuck(*_):
+            raise Stuck("blocked in a send to a journal socket nobody reads")
+        signal.signal(signal.SIGALRM, stuck)
+        signal.alarm(20)
+        for i in range(100_000):  # nobody reads: the socket's queue fills up, the daemon goes on
+            log.info("stalled %d", i)
+            if "memonlined: INFO: stalled" in capsys.readouterr().err:
+                break
+        else:
+            raise AssertionError("a full journal socket was never noticed")
+    finally:
+        signal.alarm(0)
+        log.removeHandler(handler)
+        handler.close()
+        journald.close()
