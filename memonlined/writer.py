@@ -121,6 +121,8 @@ def online_block(writer: Writer, decision: Decision, kernel_zone: str) -> "tuple
 
 def _tell(outcomes: "list[Outcome]") -> None:
     """The decision lines of blocks onlined (or, in a dry run, to be)."""
+    if not log.isEnabledFor(logging.INFO):
+        return  # the fields of 16384 lines nobody sees cost 2% of planning them
     for o in outcomes:
         d = o.decision
         if o.result in (ONLINED, FALLBACK):
