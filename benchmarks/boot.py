@@ -9,7 +9,8 @@ check unit; one disk image serves every guest (QEMU -snapshot: nothing a boot
 writes stays). TCG, 2 vCPUs, the kernel's default boot options but for who
 onlines memory. Cases, interleaved, N guests each:
 
-- ready-empty: 4 GiB, nothing offline: the unit's start to READY=1;
+- ready-empty: 4 GiB, nothing offline: the unit's start to READY=1, and
+  the daemon's resident memory once ready (VmRSS);
 - ready-offline: 4 GiB plus 32 GiB of cold-plugged DIMMs (4 x 8 GiB) and a
   virtio-mem device asked for 4 GiB at boot, memhp_default_state=offline:
   the unit's start to READY=1 and to its last block write (the journal);
@@ -62,6 +63,7 @@ case $case in
 ready-*)
     i=0; while ! systemctl is-active -q memonlined && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     echo "E2E-UNIT $(systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic memonlined | tr '\n' ' ')"
+    echo "E2E-RSS $(sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' /proc/$(systemctl show -p MainPID --value memonlined)/status)"
     i=0; while [ "$(offline)" != 0 ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     echo "E2E-LAST $(journalctl -u memonlined -o short-monotonic --no-pager | grep -E 'memory[0-9]+: onlined' | tail -n 1)"
     echo "E2E-COUNT $(journalctl -u memonlined --no-pager | grep -cE 'memory[0-9]+: onlined') $(offline)"
@@ -162,7 +164,8 @@ def figures(case, text, log):
         unit = dict(kv.split("=", 1) for kv in line("UNIT").split())
         start, ready = int(unit["ExecMainStartTimestampMonotonic"]), int(unit["ActiveEnterTimestampMonotonic"])
         count, left = map(int, line("COUNT").split())
-        res = {"start to READY s": (ready - start) / 1e6, "blocks onlined": count, "offline after": left}
+        res = {"start to READY s": (ready - start) / 1e6, "resident MiB": round(int(line("RSS")) / 1024, 2),
+               "blocks onlined": count, "offline after": left}
         if case == "ready-offline":
             last = float(re.match(r"\[\s*([0-9.]+)\]", line("LAST")).group(1))
             res["start to last write s"] = last - start / 1e6
@@ -229,7 +232,7 @@ def main(argv=None):
         shutil.rmtree(work, ignore_errors=True)
     summary = {}
     for c, rs in runs.items():
-        for key in (k for k in (rs[0] if rs else {}) if k.endswith(" s")):
+        for key in (k for k in (rs[0] if rs else {}) if k.endswith((" s", " MiB"))):
             vals = [r[key] for r in rs]
             summary[f"{c}: {key}"] = {"median": round(statistics.median(vals), 3),
                                       "min": round(min(vals), 3), "max": round(max(vals), 3), "n": len(vals)}
@@ -243,7 +246,8 @@ def main(argv=None):
                    "summary": summary, "guests": runs}, f, indent=1)
     log("")
     for k, v in summary.items():
-        log(f"{k}: " + (f"median {v['median']:.2f} s (min {v['min']:.2f}, max {v['max']:.2f}, {v['n']} guests)"
+        unit = k.rsplit(" ", 1)[-1]
+        log(f"{k}: " + (f"median {v['median']:.2f} {unit} (min {v['min']:.2f}, max {v['max']:.2f}, {v['n']} guests)"
                         if isinstance(v, dict) else f"{v}"))
     log(f"wrote {args.out}")
 
