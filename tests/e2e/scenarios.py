@@ -52,8 +52,8 @@ _bundle = None
 
 
 def bundle():
-    """A tarball of memonlined (this checkout) and its runtime dependencies from
-    .venv, unpacked into each guest's /run/py. Built once per session."""
+    """A tarball of memonlined (this checkout) and its runtime dependency
+    (pyudev) from .venv, unpacked into each guest's /run/py. Built once per session."""
     global _bundle
     with _bundle_lock:
         if _bundle is None:
@@ -65,7 +65,7 @@ def bundle():
             os.close(fd)
             with tarfile.open(path, "w") as tar:
                 tar.add(os.path.join(REPO, "memonlined"), "memonlined")
-                for name in ("pyudev", "systemd"):
+                for name in ("pyudev",):
                     src = os.path.join(site[0], name)
                     if not os.path.exists(src):
                         raise GuestError(f"{src} missing: pip install -e '.[daemon]' into .venv")
