@@ -15,7 +15,7 @@ from daemonrun import Run, daemon_step, late_node_link, replace_virtio_mem, twin
 from fakekernel import ACPI_MEMORY_BUS, FakeKernel, GiB
 from kernelbackend import KernelBackend, kernel_online_all, memonlined
 from memonlined.discover import SystemDataError
-from memonlined import daemon
+from memonlined import blocks as daemon_blocks, daemon
 from memonlined.config import Config
 
 AUTO_ONLINE = "sys/devices/system/memory/auto_online_blocks"
@@ -548,12 +548,15 @@ def test_blocks_below_one_waiting_for_its_node_link_are_onlined_meanwhile(tmp_pa
 
 
 @pytest.mark.parametrize("e820", [True, False])
-def test_a_dimm_whose_links_came_only_in_part_goes_ahead_only_when_its_size_is_known(tmp_path, e820):
+def test_a_dimm_whose_links_came_only_in_part_goes_ahead_only_when_its_size_is_known(tmp_path, e820, monkeypatch):
     """Without an E820 table a DIMM's size is its linked blocks: the lower
     blocks, linked first, must not go ahead of the rest (found in review:
     they went Movable, the rest Normal; the kernel puts all of it in Normal).
     With the table its size is its /proc/iomem range: they go ahead, and
     the layout is still the kernel's."""
+    # The unlinked blocks wait LINK_WAIT from their add; a slow machine (the
+    # first 8 took nearly 2 s once in CI) must not see that wait run out.
+    monkeypatch.setattr(daemon_blocks, "LINK_WAIT", 6.0)
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
     twin = FakeKernel(tmp_path / "twin")
     if not e820:
