@@ -63,7 +63,7 @@ case $case in
 ready-*)
     i=0; while ! systemctl is-active -q memonlined && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     echo "E2E-UNIT $(systemctl show -p ExecMainStartTimestampMonotonic -p ActiveEnterTimestampMonotonic memonlined | tr '\n' ' ')"
-    echo "E2E-RSS $(sed -n 's/^VmRSS: *\([0-9]*\) kB/\1/p' /proc/$(systemctl show -p MainPID --value memonlined)/status)"
+    echo "E2E-RSS $(awk '/^VmRSS:/ {print $2}' /proc/$(systemctl show -p MainPID --value memonlined)/status)"
     i=0; while [ "$(offline)" != 0 ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i + 1)); done
     echo "E2E-LAST $(journalctl -u memonlined -o short-monotonic --no-pager | grep -E 'memory[0-9]+: onlined' | tail -n 1)"
     echo "E2E-COUNT $(journalctl -u memonlined --no-pager | grep -cE 'memory[0-9]+: onlined') $(offline)"
