@@ -80,7 +80,7 @@ def setup_logging(level: str) -> None:
     if os.environ.get("JOURNAL_STREAM") or os.environ.get("INVOCATION_ID"):
         from .notify import JournalHandler
         try:
-            handler = JournalHandler("memonlined")
+            handler = JournalHandler("memonlined", stderr_handler())
         except OSError:  # no journald listening
             pass
     if handler is None:

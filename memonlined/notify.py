@@ -25,7 +25,7 @@ PRIORITIES = ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4), (logg
 
 class JournalHandler(logging.Handler):
     """Records to the journal by its native protocol
-    (https://systemd.io/JOURNAL_NATIVE_PROTOCOL/): MESSAGE, PRIORITY,
+    (systemd's JOURNAL_NATIVE_PROTOCOL document): MESSAGE, PRIORITY,
     SYSLOG_IDENTIFIER, CODE_*, and the upper-case extra= keys as fields
     (MESSAGE_ID, BLOCK, ZONE...: our own keys, valid journal field names).
     journald takes the sender's pid and unit from the socket. Sent to the
@@ -35,21 +35,14 @@ class JournalHandler(logging.Handler):
     to the journal too, and the daemon goes on onlining memory. Raises
     OSError when nothing listens on PATH (JOURNAL_SOCKET)."""
 
-    def __init__(self, identifier: str, path: str | None = None):
+    def __init__(self, identifier: str, fallback: logging.Handler, path: str | None = None):
         super().__init__()
-        self.identifier = identifier
+        self.identifier, self.fallback = identifier, fallback
         self.path = path or JOURNAL_SOCKET
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
+            probe.connect(self.path)  # is journald there?
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-        try:
-            self.sock.connect(self.path)  # is journald there?
-            self.sock.close()
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)  # as libsystemd: big records
-        except OSError:
-            self.sock.close()
-            raise
-        self.fallback = logging.StreamHandler()
-        self.fallback.setFormatter(logging.Formatter(identifier + ": %(levelname)s: %(message)s"))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 8 << 20)  # as libsystemd: big records
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -66,6 +59,7 @@ class JournalHandler(logging.Handler):
 
     def close(self) -> None:
         self.sock.close()
+        self.fallback.close()
         super().close()
 
 

@@ -213,11 +213,12 @@ def test_a_restarted_journald_is_found_again_and_a_stalled_one_never_waited_for(
     import logging
     import signal
     import socket
+    from memonlined.cli import stderr_handler
     from memonlined.notify import JournalHandler
     path = str(tmp_path / "journal.socket")
     journald = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
     journald.bind(path)
-    handler = JournalHandler("memonlined", path)
+    handler = JournalHandler("memonlined", stderr_handler(), path)
     log = logging.getLogger("memonlined.test-journal")
     log.propagate, log.level = False, logging.INFO
     log.addHandler(handler)
