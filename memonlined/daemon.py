@@ -212,8 +212,10 @@ class Signals:
 class DriverWait:
     """At start, the virtio-mem devices without a driver yet (UNBOUND: udev
     loads virtio_mem beside memonlined at boot), each waited for DRIVER_WAIT
-    at most; once one binds, its first blocks have DRIVER_SETTLE to come
-    (settle_until) and LINK_WAIT more to be read whole (links_until). A
+    at most. Once one binds, its blocks have DRIVER_SETTLE to come after the
+    bind and after each other (settle_until: on a busy boot CPU the driver's
+    worker adds them a second and more apart), until DRIVER_WAIT after the
+    bind at most, and LINK_WAIT more to be read whole (links_until). A
     registered driver that leaves a device unbound DRIVER_SETTLE is taken
     for a failed probe."""
 
@@ -221,17 +223,23 @@ class DriverWait:
         self.backend, self.unbound, self.start = backend, unbound, start
         self.links_until, self.settle_until = start + LINK_WAIT + Pending.RETRY, start
         self.registered_at: float | None = None
+        self.bound_at: float | None = None
         if unbound:
             log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
                      "before READY", ", ".join(unbound), DRIVER_WAIT)
 
-    def check(self, now: float) -> None:
-        if not self.unbound:
-            return
+    def check(self, now: float, last_add: float | None) -> None:
+        """LAST_ADD: when the latest add uevent came."""
+        if self.unbound:
+            self._check_unbound(now)
+        if self.bound_at is not None and last_add is not None:
+            self._settle(min(last_add, self.bound_at + DRIVER_WAIT))
+
+    def _check_unbound(self, now: float) -> None:
         still = [name for name in unbound_virtio_mem(self.backend) if name in self.unbound]
         if len(still) < len(self.unbound):  # bound: its blocks come now
-            self.settle_until = now + DRIVER_SETTLE
-            self.links_until = max(self.links_until, self.settle_until + LINK_WAIT + Pending.RETRY)
+            self.bound_at = now
+            self._settle(now)
         self.unbound = still
         if self.registered_at is None and virtio_mem_driver(self.backend):
             self.registered_at = now
@@ -241,6 +249,10 @@ class DriverWait:
                         ", ".join(still), now - self.start,
                         "virtio_mem did not bind it" if failed else "virtio_mem not loaded?")
             self.unbound = []
+
+    def _settle(self, when: float) -> None:
+        self.settle_until = max(self.settle_until, when + DRIVER_SETTLE)
+        self.links_until = max(self.links_until, self.settle_until + LINK_WAIT + Pending.RETRY)
 
 
 class Daemon:
@@ -264,6 +276,7 @@ class Daemon:
         self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
         self.reporter = Reporter(backend, None if dry_run else _metrics_path(settings), self.counts)
         self.ready = False
+        self.last_add: float | None = None  # when the latest add uevent came (the start-up follows a driver's)
         self.rescan_at: float | None = None  # a failed rescan is tried again
         self._finishing = None  # the static group a stop lets finish
 
@@ -313,7 +326,7 @@ class Daemon:
         drivers = DriverWait(self.backend, unbound, time.monotonic())
         while not self.signals.stopping:
             now = time.monotonic()
-            drivers.check(now)
+            drivers.check(now, self.last_add)
             self._drain()  # what the drivers add meanwhile
             if self.pending and (now < drivers.links_until or drivers.unbound):
                 time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
@@ -369,7 +382,8 @@ class Daemon:
                 # Not new memory: offline, it was offlined by an administrator.
                 self.blocks.refresh(index)
             else:
-                self.pending.add(index, time.monotonic())
+                self.last_add = time.monotonic()
+                self.pending.add(index, self.last_add)
         elif action in ("online", "offline", "change"):
             if index not in self.pending:  # else the batch will read it
                 self.blocks.changed(action, index)

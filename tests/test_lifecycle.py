@@ -482,6 +482,31 @@ def test_virtio_mem_whose_driver_binds_during_the_start_is_online_before_ready(t
     assert "onlined 8," in ready, run.notes
 
 
+def test_a_slow_virtio_mem_driver_whose_blocks_come_further_apart_than_the_settle_is_online_before_ready(tmp_path):
+    """At boot on one busy vCPU the driver's worker added one block, then the
+    rest more than DRIVER_SETTLE later (CI's trixie guest): READY=1 waits for
+    the blocks as long as they keep coming, not for DRIVER_SETTLE after the bind."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    run = Run(kernel, tmp_path / "run")
+
+    def udev_loads_the_driver():
+        time.sleep(0.5)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        time.sleep(0.8)
+        run.locked("virtio_mem_plug", name, kernel.block_size)
+        for _ in range(7):
+            time.sleep(0.7)                  # 1.5 s after the bind, then 0.7 s apart
+            run.locked("virtio_mem_plug", name, kernel.block_size)
+
+    thread = threading.Thread(target=udev_loads_the_driver)
+    thread.start()
+    assert run(lambda run: None) == 0
+    thread.join()
+    ready = next(n for n in run.notes if n.startswith("READY=1"))
+    assert "onlined 8," in ready, run.notes
+
+
 def test_a_virtio_mem_device_without_a_driver_delays_ready_by_driver_wait_only(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(daemon, "DRIVER_WAIT", 2.0)
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")

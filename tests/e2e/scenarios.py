@@ -585,9 +585,20 @@ def to_system_ram(g, i, force=False):
     (the onliner decides). FORCE: where the kernel onlines by itself (daxctl
     refuses that without it). Returns (daxctl's exit code, its output, the dax device)."""
     dax, _ = to_devdax(g, i)
-    r = g.sh(f"daxctl reconfigure-device --no-online {'--force ' if force else ''}--mode=system-ram {dax} 2>&1",
-             check=False)
-    return r.returncode, r.stdout + r.stderr, dax
+    # The new dax device's add uevent runs the host's udev rule (Debian 12's
+    # `daxctl -C`) while device_dax binds: a reconfigure meanwhile has seen
+    # "failed to disable: Device or resource busy" (trixie-backports, once in
+    # CI). Let udev finish first, and try a busy device twice more.
+    for attempt in range(3):
+        g.sh("udevadm settle --timeout=30 2>/dev/null; true")
+        r = g.sh(f"daxctl reconfigure-device --no-online {'--force ' if force else ''}--mode=system-ram {dax} 2>&1",
+                 check=False)
+        out = r.stdout + r.stderr
+        if r.returncode == 0 or "Device or resource busy" not in out:
+            break
+        note_time(f"{g.label}: daxctl reconfigure-device {dax} busy (attempt {attempt + 1})", 0)
+        time.sleep(1)
+    return r.returncode, out, dax
 
 
 DAXCTL_CONF = "/etc/daxctl.conf.d/memonlined-e2e.conf"  # the guest's /etc is an overlay
