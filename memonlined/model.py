@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 
-from .parse import MOVABLE, PAGE_SIZE
+from .parse import MOVABLE, PAGE_SIZE, zone_tuple
 
 # Device kinds, as used in the configuration's [overrides].
 DIMM = "dimm"
@@ -176,7 +176,7 @@ class Machine:
     def add_online(self, block: Block, zone: str) -> None:
         """Account a block that went online in ZONE, as adjust_present_page_count() does."""
         block.state = "online"
-        block.valid_zones = (zone,)
+        block.valid_zones = zone_tuple((zone,))
         self._account(block, zone, self.block_pages)
 
     def remove_online(self, block: Block) -> None:

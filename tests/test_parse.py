@@ -6,6 +6,7 @@ import struct
 import pytest
 
 from kernelbackend import DATA
+from memonlined.model import Block, Machine
 from memonlined.parse import (ParseError, VirtioMemProbe, format_size, iomem_hidden, kmsg_message,
                               parse_block_size, parse_boot_e820, parse_iomem, parse_state,
                               parse_valid_zones, parse_virtio_mem_probes, parse_zoneinfo)
@@ -103,6 +104,16 @@ def test_state_and_valid_zones():
         parse_valid_zones("Normal Bogus")
     with pytest.raises(ParseError, match="each zone once"):
         parse_valid_zones("Normal Movable Movable")
+
+
+def test_the_valid_zones_of_many_blocks_share_one_tuple():
+    """8192 blocks' zones are a few tuples, not one (and a name) per block."""
+    a, b = parse_valid_zones("Normal Movable\n"), parse_valid_zones("Normal Movable")
+    assert a is b
+    machine = Machine(128 << 20)
+    block = Block(48, "offline", 0, parse_valid_zones("Normal"), False)
+    machine.add_online(block, "".join(["Mov", "able"]))  # a name of its own, as a decision's
+    assert block.valid_zones is parse_valid_zones("Movable")
 
 
 def test_virtio_mem_probe_lines():
