@@ -217,13 +217,17 @@ class DriverWait:
     worker adds them a second and more apart), until DRIVER_WAIT after the
     bind at most, and LINK_WAIT more to be read whole (links_until). A
     registered driver that leaves a device unbound DRIVER_SETTLE is taken
-    for a failed probe."""
+    for a failed probe. ADDING: a bound device's blocks were offline at
+    start: its driver may still be adding more, followed the same way."""
 
-    def __init__(self, backend: Backend, unbound, start: float):
+    def __init__(self, backend: Backend, unbound, start: float, adding: bool):
         self.backend, self.unbound, self.start = backend, unbound, start
         self.links_until, self.settle_until = start + LINK_WAIT + Pending.RETRY, start
         self.registered_at: float | None = None
         self.bound_at: float | None = None
+        if adding:  # bound before we started (udev can be the quicker), its blocks still coming
+            self.bound_at = start
+            self._settle(start)
         if unbound:
             log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
                      "before READY", ", ".join(unbound), DRIVER_WAIT)
@@ -323,14 +327,18 @@ class Daemon:
         on to sysinit.target, including that of virtio-mem devices whose
         driver binds only now (DriverWait). A block still without its node
         link after LINK_WAIT is left to the loop."""
-        drivers = DriverWait(self.backend, unbound, time.monotonic())
+        model = self.blocks.machine.blocks
+        adding = any(model[i].group is not None and model[i].group.dynamic for i in self.pending.seen if i in model)
+        drivers = DriverWait(self.backend, unbound, time.monotonic(), adding)
         while not self.signals.stopping:
+            self._drain()  # what the drivers add meanwhile: it may extend their wait (last_add)
             now = time.monotonic()
             drivers.check(now, self.last_add)
-            self._drain()  # what the drivers add meanwhile
             if self.pending and (now < drivers.links_until or drivers.unbound):
-                time.sleep(max(0.0, self.pending.deadline - time.monotonic()))
-                self.process_batch()
+                if self.pending.due(now):
+                    self.process_batch()
+                else:  # adds coming meanwhile join the batch
+                    time.sleep(min(self.pending.deadline - now, 0.05))
             elif drivers.unbound or now < drivers.settle_until:
                 time.sleep(0.05)
             else:

@@ -507,6 +507,63 @@ def test_a_slow_virtio_mem_driver_whose_blocks_come_further_apart_than_the_settl
     assert "onlined 8," in ready, run.notes
 
 
+def test_a_bound_virtio_mem_driver_still_adding_at_start_is_followed_with_a_settle_window_too(tmp_path):
+    """A batch of the start-up waits out a settle window of 4 s (settle_ms):
+    the blocks added meanwhile join it, and the driver's wait counts from
+    the latest add memonlined has read, not from the one before the batch."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    run = Run(kernel, tmp_path / "run", settings=Config(settle_ms=4000))
+
+    def udev_loads_the_driver():
+        time.sleep(0.5)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        for _ in range(8):
+            time.sleep(0.3)
+            run.locked("virtio_mem_plug", name, kernel.block_size)
+
+    thread = threading.Thread(target=udev_loads_the_driver)
+    thread.start()
+    assert run(lambda run: None) == 0
+    thread.join()
+    ready = next(n for n in run.notes if n.startswith("READY=1"))
+    assert "onlined 8," in ready, run.notes
+
+
+def test_virtio_mem_bound_before_memonlined_started_and_still_adding_is_online_before_ready(tmp_path):
+    """udev loaded virtio_mem before memonlined's start-up looked: no driver to
+    wait for, but the device's first block is offline at start and the rest
+    come while the start-up runs: READY=1 follows them too."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem(8 * GiB)
+    kernel.virtio_mem_plug(name, kernel.block_size)
+    run = Run(kernel, tmp_path / "run")
+
+    def the_driver_goes_on():
+        for _ in range(7):
+            time.sleep(0.7)
+            run.locked("virtio_mem_plug", name, kernel.block_size)
+
+    thread = threading.Thread(target=the_driver_goes_on)
+    thread.start()
+    assert run(lambda run: None) == 0
+    thread.join()
+    ready = next(n for n in run.notes if n.startswith("READY=1"))
+    assert "onlined 8," in ready, run.notes
+
+
+def test_nothing_offline_at_start_with_virtio_mem_bound_is_ready_at_once(tmp_path):
+    """The following costs nothing when no virtio-mem memory was offline at start."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem(8 * GiB)
+    kernel.virtio_mem_plug(name, 2 * kernel.block_size)
+    Run(kernel, tmp_path / "run")(lambda run: None)      # onlines them
+    t0 = time.monotonic()
+    ready_after = []
+    Run(kernel, tmp_path / "run")(lambda run: ready_after.append(time.monotonic() - t0))
+    assert ready_after[0] < 0.9, ready_after
+
+
 def test_a_virtio_mem_device_without_a_driver_delays_ready_by_driver_wait_only(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(daemon, "DRIVER_WAIT", 2.0)
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
