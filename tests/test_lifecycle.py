@@ -462,6 +462,15 @@ def test_a_rescan_that_fails_is_tried_again(tmp_path, caplog):
 
 # -- virtio-mem's driver loaded by udev while memonlined starts (Debian 13's boot) ----
 
+def ready_while(run, driver):
+    """Runs the daemon while DRIVER runs in a thread: its READY=1 note."""
+    thread = threading.Thread(target=driver)
+    thread.start()
+    assert run(lambda run: None) == 0
+    thread.join()
+    return next(n for n in run.notes if n.startswith("READY=1"))
+
+
 def test_virtio_mem_whose_driver_binds_during_the_start_is_online_before_ready(tmp_path):
     """At boot udev loads virtio_mem beside memonlined: the device's memory at
     start is boot memory too, onlined before READY=1 lets sysinit.target come."""
@@ -474,12 +483,7 @@ def test_virtio_mem_whose_driver_binds_during_the_start_is_online_before_ready(t
         run.locked("add_virtio_mem", 8 * GiB, name=name)
         run.locked("virtio_mem_plug", name, GiB)
 
-    thread = threading.Thread(target=udev_loads_the_driver)
-    thread.start()
-    assert run(lambda run: None) == 0
-    thread.join()
-    ready = next(n for n in run.notes if n.startswith("READY=1"))
-    assert "onlined 8," in ready, run.notes
+    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
 
 
 def test_a_slow_virtio_mem_driver_whose_blocks_come_further_apart_than_the_settle_is_online_before_ready(tmp_path):
@@ -499,12 +503,7 @@ def test_a_slow_virtio_mem_driver_whose_blocks_come_further_apart_than_the_settl
             time.sleep(0.7)                  # 1.5 s after the bind, then 0.7 s apart
             run.locked("virtio_mem_plug", name, kernel.block_size)
 
-    thread = threading.Thread(target=udev_loads_the_driver)
-    thread.start()
-    assert run(lambda run: None) == 0
-    thread.join()
-    ready = next(n for n in run.notes if n.startswith("READY=1"))
-    assert "onlined 8," in ready, run.notes
+    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
 
 
 def test_a_bound_virtio_mem_driver_still_adding_at_start_is_followed_with_a_settle_window_too(tmp_path):
@@ -522,12 +521,7 @@ def test_a_bound_virtio_mem_driver_still_adding_at_start_is_followed_with_a_sett
             time.sleep(0.3)
             run.locked("virtio_mem_plug", name, kernel.block_size)
 
-    thread = threading.Thread(target=udev_loads_the_driver)
-    thread.start()
-    assert run(lambda run: None) == 0
-    thread.join()
-    ready = next(n for n in run.notes if n.startswith("READY=1"))
-    assert "onlined 8," in ready, run.notes
+    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
 
 
 def test_virtio_mem_bound_before_memonlined_started_and_still_adding_is_online_before_ready(tmp_path):
@@ -544,12 +538,7 @@ def test_virtio_mem_bound_before_memonlined_started_and_still_adding_is_online_b
             time.sleep(0.7)
             run.locked("virtio_mem_plug", name, kernel.block_size)
 
-    thread = threading.Thread(target=the_driver_goes_on)
-    thread.start()
-    assert run(lambda run: None) == 0
-    thread.join()
-    ready = next(n for n in run.notes if n.startswith("READY=1"))
-    assert "onlined 8," in ready, run.notes
+    assert "onlined 8," in ready_while(run, the_driver_goes_on), run.notes
 
 
 def test_nothing_offline_at_start_with_virtio_mem_bound_is_ready_at_once(tmp_path):
