@@ -333,6 +333,7 @@ class Daemon:
         while not self.signals.stopping:
             self._drain()  # what the drivers add meanwhile: it may extend their wait (last_add)
             now = time.monotonic()
+            self.watchdog.ping(now)  # the waits can add up to DRIVER_WAIT twice
             drivers.check(now, self.last_add)
             if self.pending and (now < drivers.links_until or drivers.unbound):
                 if self.pending.due(now):

@@ -568,6 +568,16 @@ def test_a_virtio_mem_device_without_a_driver_delays_ready_by_driver_wait_only(t
     assert ready_after[0] < 2.0, ready_after
 
 
+def test_the_watchdog_is_pinged_while_the_start_up_waits_for_a_driver(tmp_path, monkeypatch):
+    monkeypatch.setattr(daemon, "DRIVER_WAIT", 2.0)
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    kernel.add_virtio_mem_device()                                  # no driver comes
+    run = Run(kernel, tmp_path / "run", watchdog=0.2)
+    run(lambda run: None)
+    ready = run.notes.index(next(n for n in run.notes if n.startswith("READY=1")))
+    assert run.notes[:ready].count("WATCHDOG=1") >= 8, run.notes   # every 0.1 s over the 2 s wait
+
+
 def test_one_virtio_mem_device_binding_late_is_online_at_ready_while_another_never_binds(tmp_path, monkeypatch,
                                                                                            caplog):
     """The driver, once loaded, leaves the second device unbound (its probe failed):
