@@ -213,8 +213,8 @@ class DriverWait:
     """At start, the virtio-mem devices without a driver yet (UNBOUND: udev
     loads virtio_mem beside memonlined at boot), each waited for DRIVER_WAIT
     at most. Once one binds, its blocks have DRIVER_SETTLE to come after the
-    bind and after each other (settle_until: on a busy boot CPU the driver's
-    worker adds them a second and more apart), until DRIVER_WAIT after the
+    bind, after each other and after each batch (settle_until: on a busy boot
+    CPU the driver's worker adds them a second and more apart), until DRIVER_WAIT after the
     bind at most, and LINK_WAIT more to be read whole (links_until). A
     registered driver that leaves a device unbound DRIVER_SETTLE is taken
     for a failed probe. ADDING: a bound device's blocks were offline at
@@ -232,12 +232,13 @@ class DriverWait:
             log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
                      "before READY", ", ".join(unbound), DRIVER_WAIT)
 
-    def check(self, now: float, last_add: float | None) -> None:
-        """LAST_ADD: when the latest add uevent came."""
+    def check(self, now: float, latest: float | None) -> None:
+        """LATEST: when the latest add uevent came, or the latest batch ended
+        (on one vCPU a long batch keeps the driver's worker off the CPU)."""
         if self.unbound:
             self._check_unbound(now)
-        if self.bound_at is not None and last_add is not None:
-            self._settle(min(last_add, self.bound_at + DRIVER_WAIT))
+        if self.bound_at is not None and latest is not None:
+            self._settle(min(latest, self.bound_at + DRIVER_WAIT))
 
     def _check_unbound(self, now: float) -> None:
         still = [name for name in unbound_virtio_mem(self.backend) if name in self.unbound]
@@ -330,14 +331,17 @@ class Daemon:
         model = self.blocks.machine.blocks
         adding = any(model[i].group is not None and model[i].group.dynamic for i in self.pending.seen if i in model)
         drivers = DriverWait(self.backend, unbound, time.monotonic(), adding)
+        batch_end = None
         while not self.signals.stopping:
             self._drain()  # what the drivers add meanwhile: it may extend their wait (last_add)
             now = time.monotonic()
             self.watchdog.ping(now)  # the waits can add up to DRIVER_WAIT twice
-            drivers.check(now, self.last_add)
+            latest = [t for t in (self.last_add, batch_end) if t is not None]
+            drivers.check(now, max(latest) if latest else None)
             if self.pending and (now < drivers.links_until or drivers.unbound):
                 if self.pending.due(now):
                     self.process_batch()
+                    batch_end = time.monotonic()
                 else:  # adds coming meanwhile join the batch
                     time.sleep(min(self.pending.deadline - now, 0.05))
             elif drivers.unbound or now < drivers.settle_until:

@@ -524,6 +524,27 @@ def test_a_bound_virtio_mem_driver_still_adding_at_start_is_followed_with_a_sett
     assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
 
 
+def test_the_driver_wait_counts_from_the_end_of_a_long_batch_not_from_the_last_add(tmp_path):
+    """On one vCPU a long batch of the start-up keeps the driver's worker from
+    adding: its next block comes after the batch, more than DRIVER_SETTLE after
+    the last add. The quiet second READY=1 waits for counts from the batch's end."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    backend = SlowBackend(kernel)
+    backend.delay = 0.2                                  # 8 writes: a batch of 1.6 s
+    run = Run(kernel, tmp_path / "run", backend=backend)
+
+    def a_starved_driver():
+        time.sleep(0.5)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        first = run.locked("virtio_mem_plug", name, GiB)
+        wait_for(lambda: all(kernel.layout().get(i) for i in first), 10)
+        time.sleep(0.3)                                  # the worker gets the CPU back
+        run.locked("virtio_mem_plug", name, GiB)
+
+    assert "onlined 16," in ready_while(run, a_starved_driver), run.notes
+
+
 def test_virtio_mem_bound_before_memonlined_started_and_still_adding_is_online_before_ready(tmp_path):
     """udev loaded virtio_mem before memonlined's start-up looked: no driver to
     wait for, but the device's first block is offline at start and the rest
