@@ -220,9 +220,11 @@ class DriverWait:
     for a failed probe. ADDING: a bound device's blocks were offline at
     start: its driver may still be adding more, followed the same way."""
 
-    def __init__(self, backend: Backend, unbound, start: float, adding: bool):
+    def __init__(self, backend: Backend, unbound, start: float, adding: bool, settle: float):
         self.backend, self.unbound, self.start = backend, unbound, start
-        self.links_until, self.settle_until = start + LINK_WAIT + Pending.RETRY, start
+        # A batch's own settle window (settle_ms) ends inside the link wait.
+        self.link_wait = settle + LINK_WAIT + Pending.RETRY
+        self.links_until, self.settle_until = start + self.link_wait, start
         self.registered_at: float | None = None
         self.bound_at: float | None = None
         if adding:  # bound before we started (udev can be the quicker), its blocks still coming
@@ -257,7 +259,7 @@ class DriverWait:
 
     def _settle(self, when: float) -> None:
         self.settle_until = max(self.settle_until, when + DRIVER_SETTLE)
-        self.links_until = max(self.links_until, self.settle_until + LINK_WAIT + Pending.RETRY)
+        self.links_until = max(self.links_until, self.settle_until + self.link_wait)
 
 
 class Daemon:
@@ -330,7 +332,7 @@ class Daemon:
         link after LINK_WAIT is left to the loop."""
         model = self.blocks.machine.blocks
         adding = any(model[i].group is not None and model[i].group.dynamic for i in self.pending.seen if i in model)
-        drivers = DriverWait(self.backend, unbound, time.monotonic(), adding)
+        drivers = DriverWait(self.backend, unbound, time.monotonic(), adding, self.pending.settle)
         batch_end = None
         while not self.signals.stopping:
             self._drain()  # what the drivers add meanwhile: it may extend their wait (last_add)
@@ -340,8 +342,8 @@ class Daemon:
             drivers.check(now, max(latest) if latest else None)
             if self.pending and (now < drivers.links_until or drivers.unbound):
                 if self.pending.due(now):
-                    self.process_batch()
-                    batch_end = time.monotonic()
+                    if self.process_batch():  # it wrote: the driver may go on now
+                        batch_end = time.monotonic()
                 else:  # adds coming meanwhile join the batch
                     time.sleep(min(self.pending.deadline - now, 0.05))
             elif drivers.unbound or now < drivers.settle_until:
@@ -425,7 +427,8 @@ class Daemon:
 
     # -- a batch: decide, write, notify -----------------------------------------
 
-    def process_batch(self) -> None:
+    def process_batch(self) -> bool:
+        """Decides and writes the pending blocks that are ready; True if it wrote."""
         seen = self.pending.take()
         # Before READY=1 balloon drivers are binding: each batch looks again.
         reread = self.blocks.reread(seen, balloons=not self.ready)
@@ -441,7 +444,7 @@ class Daemon:
         if retry:  # never decided without its node; looked at again, however long it takes
             self.pending.put_back({i: seen[i] for i in retry}, Pending.RETRY, now)
         if not seen:
-            return
+            return False
         model = self.blocks.machine.blocks
         for index in sorted(seen):
             block = model.get(index)
@@ -456,6 +459,7 @@ class Daemon:
         self.reporter.batch_done(self.blocks.machine, todo)
         if self.ready and self.notifier.listening:  # before READY=1, the start-up's own status follows
             self.notifier.status(self.status())
+        return bool(todo)
 
     def _online(self, indexes) -> None:
         machine = self.blocks.machine

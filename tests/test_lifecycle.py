@@ -545,6 +545,45 @@ def test_the_driver_wait_counts_from_the_end_of_a_long_batch_not_from_the_last_a
     assert "onlined 16," in ready_while(run, a_starved_driver), run.notes
 
 
+def test_a_driver_binding_with_a_burst_under_a_long_settle_window_is_online_before_ready(tmp_path):
+    """settle_ms of 4 s: the batch the bind brings is due after the link wait
+    of the bind; the start-up waits for it all the same (review)."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    run = Run(kernel, tmp_path / "run", settings=Config(settle_ms=4000))
+
+    def udev_loads_the_driver():
+        time.sleep(0.5)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        run.locked("virtio_mem_plug", name, GiB)
+
+    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
+
+
+def test_a_block_without_its_node_link_does_not_hold_ready_while_a_driver_is_followed(tmp_path):
+    """Batches that only read again a block still without its node link write
+    nothing: they do not count as the driver's activity (review: READY came
+    only at the cap, DRIVER_WAIT after the bind)."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    stuck = min(kernel.devices[kernel.add_dimm(GiB)].blocks)     # its add came, its node link never does
+    os.unlink(os.path.join(kernel.root, f"sys/devices/system/memory/memory{stuck}/node0"))
+    run = Run(kernel, tmp_path / "run")
+
+    def udev_loads_the_driver():
+        time.sleep(0.5)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        run.locked("virtio_mem_plug", name, GiB)
+
+    thread = threading.Thread(target=udev_loads_the_driver)
+    thread.start()
+    t0, ready_after = time.monotonic(), []
+    run(lambda run: ready_after.append(time.monotonic() - t0))
+    thread.join()
+    assert ready_after[0] < 7, ready_after  # bind 0.5 s + DRIVER_SETTLE + the link wait; not bind + DRIVER_WAIT
+    assert kernel.layout()[stuck] is None, "decided without its node link"
+
+
 def test_virtio_mem_bound_before_memonlined_started_and_still_adding_is_online_before_ready(tmp_path):
     """udev loaded virtio_mem before memonlined's start-up looked: no driver to
     wait for, but the device's first block is offline at start and the rest
