@@ -213,12 +213,13 @@ class DriverWait:
     """At start, the virtio-mem devices without a driver yet (UNBOUND: udev
     loads virtio_mem beside memonlined at boot), each waited for DRIVER_WAIT
     at most. Once one binds, its blocks have DRIVER_SETTLE to come after the
-    bind, after each other and after each batch (settle_until: on a busy boot
-    CPU the driver's worker adds them a second and more apart), until DRIVER_WAIT after the
-    bind at most, and LINK_WAIT more to be read whole (links_until). A
-    registered driver that leaves a device unbound DRIVER_SETTLE is taken
-    for a failed probe. ADDING: a bound device's blocks were offline at
-    start: its driver may still be adding more, followed the same way."""
+    bind, after each other and after each batch that wrote (settle_until: on
+    a busy boot CPU the driver's worker adds them a second and more apart),
+    until DRIVER_WAIT after the bind at most, and LINK_WAIT more to be read
+    whole (links_until). A registered driver that leaves a device unbound
+    DRIVER_SETTLE is taken for a failed probe. ADDING: a bound device's
+    blocks were offline at start: its driver may still be adding more,
+    followed the same way."""
 
     def __init__(self, backend: Backend, unbound, start: float, adding: bool, settle: float):
         self.backend, self.unbound, self.start = backend, unbound, start
