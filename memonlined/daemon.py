@@ -57,11 +57,13 @@ class Pending:
         self.settle = settle
         self.seen: dict[int, float] = {}    # block -> when its add came
         self.deadline: float | None = None
+        self.last_add: float | None = None  # the start-up follows a driver's adds (DriverWait)
 
     def add(self, index: int, now: float) -> None:
         if self.deadline is None:
             self.deadline = now + self.settle
         self.seen.setdefault(index, now)
+        self.last_add = now
 
     def discard(self, index: int) -> None:
         self.seen.pop(index, None)
@@ -235,15 +237,15 @@ class DriverWait:
             log.info("%s: waiting up to %g s for the virtio_mem driver: its memory at start is onlined "
                      "before READY", ", ".join(unbound), DRIVER_WAIT)
 
-    def check(self, now: float, latest: float | None) -> None:
-        """LATEST: when the latest add uevent came, or the latest batch ended
-        (on one vCPU a long batch keeps the driver's worker off the CPU)."""
-        if self.unbound:
-            self._check_unbound(now)
-        if self.bound_at is not None and latest is not None:
-            self._settle(min(latest, self.bound_at + DRIVER_WAIT))
+    def active(self, when: float | None) -> None:
+        """WHEN: the latest sign of a bound driver's work: an add read, or a
+        batch that wrote (on one vCPU a long batch keeps its worker off the CPU)."""
+        if self.bound_at is not None and when is not None:
+            self._settle(min(when, self.bound_at + DRIVER_WAIT))
 
-    def _check_unbound(self, now: float) -> None:
+    def check(self, now: float) -> None:
+        if not self.unbound:
+            return
         still = [name for name in unbound_virtio_mem(self.backend) if name in self.unbound]
         if len(still) < len(self.unbound):  # bound: its blocks come now
             self.bound_at = now
@@ -284,7 +286,6 @@ class Daemon:
         self.counts = collections.Counter(onlined=0, failed=0, conflicts=0)
         self.reporter = Reporter(backend, None if dry_run else _metrics_path(settings), self.counts)
         self.ready = False
-        self.last_add: float | None = None  # when the latest add uevent came (the start-up follows a driver's)
         self.rescan_at: float | None = None  # a failed rescan is tried again
         self._finishing = None  # the static group a stop lets finish
 
@@ -334,17 +335,16 @@ class Daemon:
         model = self.blocks.machine.blocks
         adding = any(model[i].group is not None and model[i].group.dynamic for i in self.pending.seen if i in model)
         drivers = DriverWait(self.backend, unbound, time.monotonic(), adding, self.pending.settle)
-        batch_end = None
         while not self.signals.stopping:
-            self._drain()  # what the drivers add meanwhile: it may extend their wait (last_add)
+            self._drain()  # what the drivers add meanwhile
             now = time.monotonic()
             self.watchdog.ping(now)  # the waits can add up to DRIVER_WAIT twice
-            latest = [t for t in (self.last_add, batch_end) if t is not None]
-            drivers.check(now, max(latest) if latest else None)
+            drivers.check(now)
+            drivers.active(self.pending.last_add)
             if self.pending and (now < drivers.links_until or drivers.unbound):
                 if self.pending.due(now):
-                    if self.process_batch():  # it wrote: the driver may go on now
-                        batch_end = time.monotonic()
+                    if self.process_batch():
+                        drivers.active(time.monotonic())
                 else:  # adds coming meanwhile join the batch
                     time.sleep(min(self.pending.deadline - now, 0.05))
             elif drivers.unbound or now < drivers.settle_until:
@@ -398,8 +398,7 @@ class Daemon:
                 # Not new memory: offline, it was offlined by an administrator.
                 self.blocks.refresh(index)
             else:
-                self.last_add = time.monotonic()
-                self.pending.add(index, self.last_add)
+                self.pending.add(index, time.monotonic())
         elif action in ("online", "offline", "change"):
             if index not in self.pending:  # else the batch will read it
                 self.blocks.changed(action, index)

@@ -471,57 +471,49 @@ def ready_while(run, driver):
     return next(n for n in run.notes if n.startswith("READY=1"))
 
 
+def unbound_virtio_mem(tmp_path, **run_kw):
+    """A virtio-mem device whose driver is not loaded yet, and a daemon to start: (kernel, its name, the Run)."""
+    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
+    name = kernel.add_virtio_mem_device()
+    return kernel, name, Run(kernel, tmp_path / "run", **run_kw)
+
+
+def udev_loads_the_driver(run, name, sizes, first=0.0, apart=0.0, bind_after=0.5):
+    """A thread's work: the driver binds NAME BIND_AFTER s in, then plugs
+    SIZES, the first FIRST s after the bind, the next ones APART s apart."""
+    def driver():
+        time.sleep(bind_after)
+        run.locked("add_virtio_mem", 8 * GiB, name=name)
+        time.sleep(first)
+        for i, size in enumerate(sizes):
+            time.sleep(apart if i else 0)
+            run.locked("virtio_mem_plug", name, size)
+    return driver
+
+
 def test_virtio_mem_whose_driver_binds_during_the_start_is_online_before_ready(tmp_path):
     """At boot udev loads virtio_mem beside memonlined: the device's memory at
     start is boot memory too, onlined before READY=1 lets sysinit.target come."""
-    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    name = kernel.add_virtio_mem_device()
-    run = Run(kernel, tmp_path / "run")
-
-    def udev_loads_the_driver():
-        time.sleep(0.5)
-        run.locked("add_virtio_mem", 8 * GiB, name=name)
-        run.locked("virtio_mem_plug", name, GiB)
-
-    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
+    _, name, run = unbound_virtio_mem(tmp_path)
+    assert "onlined 8," in ready_while(run, udev_loads_the_driver(run, name, [GiB])), run.notes
 
 
 def test_a_slow_virtio_mem_driver_whose_blocks_come_further_apart_than_the_settle_is_online_before_ready(tmp_path):
     """At boot on one busy vCPU the driver's worker added one block, then the
     rest more than DRIVER_SETTLE later (CI's trixie guest): READY=1 waits for
     the blocks as long as they keep coming, not for DRIVER_SETTLE after the bind."""
-    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    name = kernel.add_virtio_mem_device()
-    run = Run(kernel, tmp_path / "run")
-
-    def udev_loads_the_driver():
-        time.sleep(0.5)
-        run.locked("add_virtio_mem", 8 * GiB, name=name)
-        time.sleep(0.8)
-        run.locked("virtio_mem_plug", name, kernel.block_size)
-        for _ in range(7):
-            time.sleep(0.7)                  # 1.5 s after the bind, then 0.7 s apart
-            run.locked("virtio_mem_plug", name, kernel.block_size)
-
-    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
+    kernel, name, run = unbound_virtio_mem(tmp_path)
+    slow = udev_loads_the_driver(run, name, [kernel.block_size] * 8, first=0.8, apart=0.7)  # the second 1.5 s in
+    assert "onlined 8," in ready_while(run, slow), run.notes
 
 
 def test_a_bound_virtio_mem_driver_still_adding_at_start_is_followed_with_a_settle_window_too(tmp_path):
     """A batch of the start-up waits out a settle window of 4 s (settle_ms):
     the blocks added meanwhile join it, and the driver's wait counts from
     the latest add memonlined has read, not from the one before the batch."""
-    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    name = kernel.add_virtio_mem_device()
-    run = Run(kernel, tmp_path / "run", settings=Config(settle_ms=4000))
-
-    def udev_loads_the_driver():
-        time.sleep(0.5)
-        run.locked("add_virtio_mem", 8 * GiB, name=name)
-        for _ in range(8):
-            time.sleep(0.3)
-            run.locked("virtio_mem_plug", name, kernel.block_size)
-
-    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
+    kernel, name, run = unbound_virtio_mem(tmp_path, settings=Config(settle_ms=4000))
+    driver = udev_loads_the_driver(run, name, [kernel.block_size] * 8, first=0.3, apart=0.3)
+    assert "onlined 8," in ready_while(run, driver), run.notes
 
 
 def test_the_driver_wait_counts_from_the_end_of_a_long_batch_not_from_the_last_add(tmp_path):
@@ -548,34 +540,18 @@ def test_the_driver_wait_counts_from_the_end_of_a_long_batch_not_from_the_last_a
 def test_a_driver_binding_with_a_burst_under_a_long_settle_window_is_online_before_ready(tmp_path):
     """settle_ms of 4 s: the batch the bind brings is due after the link wait
     of the bind; the start-up waits for it all the same (review)."""
-    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    name = kernel.add_virtio_mem_device()
-    run = Run(kernel, tmp_path / "run", settings=Config(settle_ms=4000))
-
-    def udev_loads_the_driver():
-        time.sleep(0.5)
-        run.locked("add_virtio_mem", 8 * GiB, name=name)
-        run.locked("virtio_mem_plug", name, GiB)
-
-    assert "onlined 8," in ready_while(run, udev_loads_the_driver), run.notes
+    _, name, run = unbound_virtio_mem(tmp_path, settings=Config(settle_ms=4000))
+    assert "onlined 8," in ready_while(run, udev_loads_the_driver(run, name, [GiB])), run.notes
 
 
 def test_a_block_without_its_node_link_does_not_hold_ready_while_a_driver_is_followed(tmp_path):
     """Batches that only read again a block still without its node link write
     nothing: they do not count as the driver's activity (review: READY came
     only at the cap, DRIVER_WAIT after the bind)."""
-    kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
-    name = kernel.add_virtio_mem_device()
+    kernel, name, run = unbound_virtio_mem(tmp_path)
     stuck = min(kernel.devices[kernel.add_dimm(GiB)].blocks)     # its add came, its node link never does
     os.unlink(os.path.join(kernel.root, f"sys/devices/system/memory/memory{stuck}/node0"))
-    run = Run(kernel, tmp_path / "run")
-
-    def udev_loads_the_driver():
-        time.sleep(0.5)
-        run.locked("add_virtio_mem", 8 * GiB, name=name)
-        run.locked("virtio_mem_plug", name, GiB)
-
-    thread = threading.Thread(target=udev_loads_the_driver)
+    thread = threading.Thread(target=udev_loads_the_driver(run, name, [GiB]))
     thread.start()
     t0, ready_after = time.monotonic(), []
     run(lambda run: ready_after.append(time.monotonic() - t0))
@@ -646,13 +622,8 @@ def test_one_virtio_mem_device_binding_late_is_online_at_ready_while_another_nev
     kernel = FakeKernel(tmp_path / "k", policy="contig-zones")
     bound, never = kernel.add_virtio_mem_device(), kernel.add_virtio_mem_device()
     run = Run(kernel, tmp_path / "run")
-
-    def udev_loads_the_driver():
-        time.sleep(3.0)                      # after the link wait of the start-up scan
-        run.locked("add_virtio_mem", 8 * GiB, name=bound)
-        run.locked("virtio_mem_plug", bound, GiB)
-
-    thread = threading.Thread(target=udev_loads_the_driver)
+    # after the link wait of the start-up scan
+    thread = threading.Thread(target=udev_loads_the_driver(run, bound, [GiB], bind_after=3.0))
     thread.start()
     t0 = time.monotonic()
     ready_after = []
